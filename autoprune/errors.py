@@ -1,0 +1,20 @@
+"""The one exception type that means "the user gave bad input" (CLI exit code 2)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """Bad input from the user: shown as one line, exit code 2, no traceback."""
+
+
+def unknown_choice(kind: str, given: object, choices: Iterable[str]) -> UserError:
+    """Build the error for a name that is not among ``choices``, with a close-match hint."""
+    choices = sorted(choices)
+    hint = difflib.get_close_matches(str(given), choices, n=1)
+    suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+    return UserError(
+        f"unknown {kind} {given!r}; valid choices: {', '.join(choices)}.{suggestion}"
+    )
