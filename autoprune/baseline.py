@@ -1,0 +1,64 @@
+"""The dense model a search starts from: a user checkpoint, or one trained by autoprune and
+cached under a key of everything that determines it (model, data, split, seed, epochs)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.config import SearchConfig
+from autoprune.data import Task
+from autoprune.models import build_model
+from autoprune.train import checkpoint_key, evaluate, file_sha256, load_weights, save_state, train_dense
+
+
+@dataclass(frozen=True)
+class Dense:
+    model: nn.Module
+    checkpoint: Path
+    sha256: str
+    trained: bool  # False when loaded from cache or a user checkpoint
+
+
+def skeleton(config: SearchConfig, task: Task) -> nn.Module:
+    """A freshly initialised model for ``task`` (deterministic in ``config.seed``)."""
+    torch.manual_seed(config.seed)
+    c, h, _ = task.input_shape
+    return build_model(config.model, num_classes=task.num_classes, in_channels=c, input_size=h)
+
+
+def dense_checkpoint_path(config: SearchConfig, task: Task) -> Path:
+    key = checkpoint_key(
+        model=config.model, data=task.fingerprint(), seed=config.seed, epochs=config.dense_epochs,
+        lr=config.dense_lr, batch_size=config.batch_size,
+    )
+    safe = config.model.replace(":", "_").replace("/", "_")
+    return Path(config.cache_dir) / f"{task.dataset.replace(':', '_')}-{safe}-{key}.pt"
+
+
+def get_dense(config: SearchConfig, task: Task, *, progress: bool = True) -> Dense:
+    """Load the user checkpoint, else the cached baseline, else train and cache one."""
+    model = skeleton(config, task)
+    if config.checkpoint:
+        path = Path(config.checkpoint).expanduser()
+        load_weights(model, path)
+        return Dense(model.eval(), path, file_sha256(path), trained=False)
+    path = dense_checkpoint_path(config, task)
+    if path.exists():
+        load_weights(model, path)
+        return Dense(model.eval(), path, file_sha256(path), trained=False)
+    if progress:
+        print(f"training the dense {config.model} on {task.dataset} for {config.dense_epochs} epochs "
+              f"(cached at {path} for later runs)", file=sys.stderr)
+    train_dense(
+        model, task.train_x, task.train_y, epochs=config.dense_epochs, batch_size=config.batch_size,
+        lr=config.dense_lr, seed=config.seed, progress=progress,
+    )
+    model.eval()
+    save_state(model, path, arch=config.model, dataset=task.dataset, seed=config.seed,
+               epochs=config.dense_epochs, val_accuracy=evaluate(model, task.val_x, task.val_y))
+    return Dense(model, path, file_sha256(path), trained=True)
