@@ -1,0 +1,154 @@
+"""Apply a policy to a copy of a dense model: remove channels structurally (Torch-Pruning
+does the surgery on every coupled layer) and, per group, optional unstructured sparsity."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.groups import Group, build_graph, find_groups, pruning_group
+from autoprune.importance import UNSTRUCTURED, Calibration, ScoreCache
+from autoprune.policy import GroupChoice, Policy
+
+
+def kept_channels(channels: int, keep: float, *, round_to: int = 1, min_channels: int = 1) -> int:
+    """Channels left of ``channels`` at ratio ``keep``: rounded to a multiple of ``round_to``,
+    never below ``min_channels`` (nor above ``channels``)."""
+    k = round(channels * keep / round_to) * round_to
+    return max(1, min(channels, max(k, min_channels)))
+
+
+def apply_unstructured(layers: Sequence[nn.Module], keep: float) -> None:
+    """Zero the smallest-magnitude ``1 - keep`` of each layer's weights, in place, and mask
+    their gradients so fine-tuning keeps them at zero (momentum and weight decay included).
+
+    This lowers the nonzero-parameter count, not the FLOPs that fvcore counts: the dense
+    kernels still multiply the zeros."""
+    for layer in layers:
+        w = layer.weight
+        n_zero = int(w.numel() * (1 - keep))
+        if n_zero <= 0:
+            continue
+        order = torch.argsort(w.detach().abs().flatten(), stable=True)[:n_zero]
+        mask = torch.ones(w.numel())
+        mask[order] = 0.0
+        mask = mask.view_as(w)
+        with torch.no_grad():
+            w.mul_(mask)
+        w.register_hook(lambda grad, m=mask: grad * m)
+        layer._autoprune_mask = mask  # type: ignore[attr-defined]
+
+
+class Pruner:
+    """Applies policies to fresh copies of one dense model.
+
+    The dependency groups and the channel scores of every criterion are computed once, on the
+    dense model, and shared by all trials."""
+
+    def __init__(
+        self,
+        dense: nn.Module,
+        example_input: torch.Tensor,
+        *,
+        ignored: Sequence[str],
+        calibration: Calibration | None = None,
+        seed: int = 0,
+        round_to: int = 1,
+        min_channels: int = 1,
+    ) -> None:
+        if round_to < 1 or min_channels < 1:
+            raise UserError(f"round_to ({round_to}) and min_channels ({min_channels}) must be >= 1")
+        self.dense = dense
+        self.example_input = example_input
+        self.ignored = list(ignored)
+        self.groups: list[Group] = find_groups(dense, example_input, ignored=self.ignored)
+        if not self.groups:
+            raise UserError("the model has no prunable channel groups (everything is ignored or coupled to the stem/head)")
+        self.round_to = round_to
+        self.min_channels = min_channels
+        self.scores = ScoreCache(dense, example_input, self.ignored, calibration=calibration, seed=seed)
+
+    @property
+    def group_ids(self) -> list[str]:
+        return [g.id for g in self.groups]
+
+    def kept(self, group: Group, keep: float) -> int:
+        return kept_channels(group.channels, keep, round_to=self.round_to, min_channels=self.min_channels)
+
+    def resolve(self, policy: Policy, *, indices: bool = True) -> Policy:
+        """Fill in channel counts (and, with ``indices``, the kept channel indices) of every
+        group; groups missing from the policy stay whole."""
+        by_id = {g.id: g for g in self.groups}
+        unknown = sorted(set(policy.groups) - set(by_id))
+        if unknown:
+            raise UserError(
+                f"policy names groups {unknown} that this model does not have; "
+                f"its prunable groups are: {', '.join(by_id)}"
+            )
+        resolved: dict[str, GroupChoice] = {}
+        for group in self.groups:
+            choice = policy.groups.get(group.id, GroupChoice(method="l1", keep=1.0))
+            if choice.channels is not None and choice.channels != group.channels:
+                raise UserError(
+                    f"policy group {group.id!r} was made for {choice.channels} channels; "
+                    f"this model has {group.channels}"
+                )
+            if choice.method == UNSTRUCTURED:
+                resolved[group.id] = GroupChoice(UNSTRUCTURED, choice.keep, group.channels, group.channels)
+                continue
+            kept = choice.kept if choice.kept_indices is not None else self.kept(group, choice.keep)
+            idx = choice.kept_indices
+            if idx is None and indices:
+                idx = tuple(self.scores.keep_indices(group.id, choice.method, kept))
+            if idx is not None and idx and idx[-1] >= group.channels:
+                raise UserError(f"policy group {group.id!r}: kept index {idx[-1]} >= {group.channels} channels")
+            resolved[group.id] = GroupChoice(choice.method, choice.keep, group.channels, kept, idx)
+        return policy.with_groups(resolved)
+
+    def apply(self, policy: Policy) -> tuple[nn.Module, Policy]:
+        """A pruned deep copy of the dense model, and the resolved policy that made it."""
+        resolved = self.resolve(policy)
+        model = copy.deepcopy(self.dense)
+        graph = build_graph(model, self.example_input)
+        modules = dict(model.named_modules())
+        by_id = {g.id: g for g in self.groups}
+        for gid, choice in resolved.groups.items():
+            if choice.method == UNSTRUCTURED or choice.kept == choice.channels:
+                continue
+            assert choice.kept_indices is not None and choice.channels is not None
+            keep = set(choice.kept_indices)
+            remove = [i for i in range(choice.channels) if i not in keep]
+            pruning_group(graph, modules[gid], remove).prune()
+        for gid, choice in resolved.groups.items():
+            if choice.method == UNSTRUCTURED and choice.keep < 1:
+                apply_unstructured([modules[n] for n in by_id[gid].members], choice.keep)
+        return model, resolved
+
+
+def apply_policy(
+    model: nn.Module,
+    policy: Policy,
+    *,
+    example_input: torch.Tensor,
+    ignored: Sequence[str] | None = None,
+    calibration: Calibration | None = None,
+    seed: int = 0,
+    round_to: int = 1,
+    min_channels: int = 1,
+) -> tuple[nn.Module, Policy]:
+    """Prune a copy of ``model`` with ``policy``; the input model is left untouched.
+
+    ``ignored`` defaults to the stem and the classifier output. Data-dependent methods
+    (taylor, activation) need ``calibration`` unless the policy already holds kept indices."""
+    from autoprune.groups import resolve_ignore
+
+    ignored = resolve_ignore(model, []) if ignored is None else list(ignored)
+    pruner = Pruner(
+        model, example_input, ignored=ignored, calibration=calibration, seed=seed,
+        round_to=round_to, min_channels=min_channels,
+    )
+    return pruner.apply(policy)
