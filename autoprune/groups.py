@@ -27,6 +27,7 @@ class Group:
     id: str
     channels: int
     members: tuple[str, ...]  # layers whose output channels are removed with the root's
+    channel_groups: int = 1  # grouped convs / GroupNorm: remove the same positions in each of these
 
 
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
@@ -82,9 +83,28 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, *, ignored: Seque
                 members.append(names[target])
         channels = graph.get_out_channels(root)
         if channels and channels > 1:
-            groups.append(Group(id=gid, channels=int(channels), members=tuple(dict.fromkeys(members))))
+            groups.append(Group(id=gid, channels=int(channels), members=tuple(dict.fromkeys(members)),
+                                channel_groups=channel_groups(graph, group)))
     position = {n: i for i, (n, _) in enumerate(model.named_modules())}
     return sorted(groups, key=lambda g: position[g.id])
+
+
+def channel_groups(graph: tp.DependencyGraph, group: tp.dependency.Group) -> int:
+    """How many equal slices the group's channels fall into: a grouped conv (not depthwise) or
+    a GroupNorm with G groups needs the same positions removed from each of its G slices."""
+    found = [1]
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, nn.Conv2d) and module.groups == module.out_channels:
+            continue  # depthwise: pruned channel by channel
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None:
+            continue
+        if graph.is_out_channel_pruning_fn(dep.handler):
+            found.append(pruner.get_out_channel_groups(module))
+        else:
+            found.append(pruner.get_in_channel_groups(module))
+    return max(found)
 
 
 def pruning_group(graph: tp.DependencyGraph, root: nn.Module, idxs: Sequence[int]) -> tp.dependency.Group:

@@ -179,8 +179,13 @@ class ScoreCache:
             self._scores[method] = result
         return self._scores[method]
 
-    def keep_indices(self, group_id: str, method: str, keep: int) -> list[int]:
-        """The ``keep`` highest-scoring channels, ascending; ties broken by channel index."""
+    def keep_indices(self, group_id: str, method: str, keep: int, channel_groups: int = 1) -> list[int]:
+        """The ``keep`` highest-scoring channels, ascending; ties broken by channel index.
+
+        With ``channel_groups`` G > 1 the channels form G equal slices (grouped convs): scores
+        are averaged over the slices and the same ``keep / G`` positions are kept in each."""
         s = self.scores(method)[group_id]
-        order = torch.argsort(s, descending=True, stable=True)[:keep]
-        return sorted(int(i) for i in order)
+        size = len(s) // channel_groups
+        per_slice = s.view(channel_groups, size).mean(dim=0)
+        order = torch.argsort(per_slice, descending=True, stable=True)[: keep // channel_groups]
+        return sorted(g * size + int(i) for g in range(channel_groups) for i in order)

@@ -77,7 +77,11 @@ class Pruner:
         return [g.id for g in self.groups]
 
     def kept(self, group: Group, keep: float) -> int:
-        return kept_channels(group.channels, keep, round_to=self.round_to, min_channels=self.min_channels)
+        """Channels kept of ``group`` at ratio ``keep``; a multiple of its channel groups."""
+        g = group.channel_groups
+        per_slice = kept_channels(group.channels // g, keep, round_to=max(1, self.round_to // g),
+                                  min_channels=-(-self.min_channels // g))
+        return per_slice * g
 
     def resolve(self, policy: Policy, *, indices: bool = True) -> Policy:
         """Fill in channel counts (and, with ``indices``, the kept channel indices) of every
@@ -103,7 +107,7 @@ class Pruner:
             kept = choice.kept if choice.kept_indices is not None else self.kept(group, choice.keep)
             idx = choice.kept_indices
             if idx is None and indices:
-                idx = tuple(self.scores.keep_indices(group.id, choice.method, kept))
+                idx = tuple(self.scores.keep_indices(group.id, choice.method, kept, group.channel_groups))
             if idx is not None and idx and idx[-1] >= group.channels:
                 raise UserError(f"policy group {group.id!r}: kept index {idx[-1]} >= {group.channels} channels")
             resolved[group.id] = GroupChoice(choice.method, choice.keep, group.channels, kept, idx)
