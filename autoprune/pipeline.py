@@ -1,0 +1,179 @@
+"""Search orchestration shared by the CLI and the Python API:
+config -> task -> budget check -> dense baseline -> study -> trials -> front."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from autoprune import study as studies
+from autoprune.baseline import get_dense, skeleton
+from autoprune.config import SearchConfig, data_root_path, human, resolve_budget
+from autoprune.data import Task, load_task
+from autoprune.errors import UserError
+from autoprune.groups import resolve_ignore
+from autoprune.importance import Calibration
+from autoprune.measure import FLOP_CONVENTION, count_flops, count_params
+from autoprune.objective import Budget, Objective, TrialSettings
+from autoprune.prune import Pruner
+from autoprune.space import Space
+from autoprune.train import evaluate
+
+
+@dataclass(frozen=True)
+class Plan:
+    dense_flops: int
+    dense_params: int
+    budget: Budget
+    min_flops: int
+    ignored: list[str]
+    groups: int
+
+
+def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) -> Plan:
+    """Dense FLOPs, the absolute budget, and the smallest FLOPs the space can reach. Depends
+    on the architecture only, so it runs on an untrained model, before any training."""
+    ignored = resolve_ignore(model, config.ignore)
+    dense_flops = count_flops(model, example_input)
+    dense_params = count_params(model)
+    budget = Budget(
+        flops=resolve_budget(config.budget_flops, dense_flops, "budget_flops"),
+        params=resolve_budget(config.budget_params, dense_params, "budget_params") if config.budget_params else None,
+    )
+    pruner = Pruner(model, example_input, ignored=ignored, round_to=config.round_to, min_channels=config.min_channels)
+    space = space_of(config)
+    smallest, _ = pruner.apply(space.uniform(pruner.groups, config.keep_min, "l1"))
+    min_flops, min_params = count_flops(smallest, example_input), count_params(smallest)
+    if budget.flops < min_flops:
+        raise UserError(
+            f"budget_flops {config.budget_flops} = {human(budget.flops)} FLOPs is below the smallest this "
+            f"search space reaches: {human(min_flops)} ({min_flops / dense_flops:.3f} of dense "
+            f"{human(dense_flops)}) with every group at keep_min {config.keep_min}. Raise the budget "
+            "or lower --keep-min / --min-channels"
+        )
+    if budget.params is not None and budget.params < min_params:
+        raise UserError(
+            f"budget_params {config.budget_params} = {human(budget.params)} parameters is below the smallest "
+            f"this search space reaches: {human(min_params)} ({min_params / dense_params:.3f} of dense)"
+        )
+    return Plan(dense_flops, dense_params, budget, min_flops, ignored, len(pruner.groups))
+
+
+def space_of(config: SearchConfig) -> Space:
+    return Space(levels=tuple(config.keep_levels), methods=tuple(config.methods), distill=config.distill)
+
+
+def calibration_of(config: SearchConfig, x: torch.Tensor, y: torch.Tensor) -> Calibration:
+    """A seeded subset of training images for Taylor / activation importance."""
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed))[: config.calib_images]
+    return Calibration(x[idx], y[idx], batch_size=config.batch_size)
+
+
+def warm_start(study: optuna.Study, pruner: Pruner, space: Space, budget: Budget, example_input: torch.Tensor) -> None:
+    """Enqueue uniform L1 pruning at the largest keep level that meets the budget: a sane first
+    point on the front, and the baseline an engineer would try by hand."""
+    method = "l1" if "l1" in space.methods else space.methods[0]
+    for keep in sorted(space.levels, reverse=True):
+        policy = space.uniform(pruner.groups, keep, method)
+        model, _ = pruner.apply(policy)
+        if count_flops(model, example_input) <= budget.flops and (
+            budget.params is None or count_params(model) <= budget.params
+        ):
+            study.enqueue_trial(space.params_for(policy), user_attrs={"warm_start": f"uniform {method} keep {keep}"})
+            return
+
+
+def search_model(
+    *,
+    dense: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    example_input: torch.Tensor,
+    config: SearchConfig,
+    the_plan: Plan,
+    dense_info: dict[str, Any],
+    progress: bool = True,
+) -> tuple[optuna.Study, dict[str, int]]:
+    """Create or resume the study and run the trials. ``dense`` is trained already."""
+    torch.set_num_threads(config.num_threads())
+    storage = studies.open_storage(config.storage_url)
+    dense_info = dict(dense_info)
+    dense_info.update(
+        flops=the_plan.dense_flops, params=the_plan.dense_params,
+        val_accuracy=evaluate(dense, *val),
+    )
+    attrs = {
+        "config": config.to_dict(),
+        "dense": dense_info,
+        "budget": {"flops": the_plan.budget.flops, "params": the_plan.budget.params, "min_flops": the_plan.min_flops},
+        "ignored": the_plan.ignored,
+        "input_shape": list(example_input.shape[1:]),
+        "units": {"flops": FLOP_CONVENTION, "accuracy": "top-1 on the search-val split, in [0, 1]",
+                  "seconds": f"wall clock, {config.num_threads()} CPU thread(s)"},
+    }
+    study, resumed = studies.create_or_resume(
+        storage, config.study_name, attrs=attrs, sampler=config.sampler, seed=config.seed,
+        params_objective=config.params_objective,
+    )
+    pruner = Pruner(
+        dense, example_input, ignored=the_plan.ignored, calibration=calibration_of(config, *train),
+        seed=config.seed, round_to=config.round_to, min_channels=config.min_channels,
+    )
+    space = space_of(config)
+    if not resumed:
+        warm_start(study, pruner, space, the_plan.budget, example_input)
+    objective = Objective(
+        pruner=pruner, space=space, budget=the_plan.budget, train=train, val=val,
+        settings=TrialSettings(config.finetune_steps, config.finetune_lr, config.batch_size, config.bn_batches, config.seed),
+        params_objective=config.params_objective,
+    )
+    counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress)
+    return study, counts
+
+
+def load_config_task(config: SearchConfig) -> Task:
+    return load_task(
+        config.dataset, root=data_root_path(config), val_size=config.val_size,
+        split_seed=config.split_seed, download=config.download, image_size=config.image_size,
+    )
+
+
+def check_resumable(config: SearchConfig) -> None:
+    """Refuse early (before training) to resume a study made with another setup."""
+    url = config.storage_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().exists():
+        return  # a new SQLite file: nothing to resume, and nothing is created yet
+    storage = studies.open_storage(url)
+    for summary in storage.get_all_studies():
+        if summary.study_name == config.study_name:
+            studies.check_identity(config.study_name, summary.user_attrs.get(studies.ATTR), config.to_dict())
+
+
+def run_search(config: SearchConfig, *, progress: bool = True) -> tuple[optuna.Study, dict[str, Any]]:
+    """The ``autoprune search`` command: everything up to a stored study."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(config.num_threads())
+    task = load_config_task(config)
+    example = task.example_input()
+    the_plan = plan(skeleton(config, task), example, config)
+    check_resumable(config)
+    dense = get_dense(config, task, progress=progress)
+    if progress:
+        print(f"dense {config.model}: {human(the_plan.dense_flops)} FLOPs, {human(the_plan.dense_params)} params; "
+              f"budget {human(the_plan.budget.flops)} FLOPs; {the_plan.groups} prunable groups",
+              file=sys.stderr)
+    study, counts = search_model(
+        dense=dense.model, train=(task.train_x, task.train_y), val=(task.val_x, task.val_y),
+        example_input=example, config=config, the_plan=the_plan,
+        dense_info={"checkpoint": str(Path(dense.checkpoint).resolve()), "sha256": dense.sha256},
+        progress=progress,
+    )
+    counts["seconds"] = round(time.perf_counter() - t0, 1)
+    return study, counts
