@@ -1,0 +1,194 @@
+"""The ``autoprune`` command: search, front, apply. User errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import UserError
+
+EPILOG = "Docs: README.md. Open a study live with: optuna-dashboard <storage-url>"
+
+
+def _search_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search per-group pruning policies under a FLOPs budget",
+                       description="Search pruning policies; results go to an Optuna study (resumable).", epilog=EPILOG)
+    p.add_argument("--config", help="study config TOML (e.g. studies/fashion-mnist.toml); flags override it")
+    p.add_argument("--budget-flops", help="fraction of dense FLOPs (0.5) or an absolute count (150M); required")
+    p.add_argument("--budget-params", help="optional parameter budget, same forms as --budget-flops")
+    p.add_argument("--model", help="built-in (smallcnn, resnet20, resnet56), torchvision name, or package.module:factory")
+    p.add_argument("--dataset", help="fashion-mnist, cifar10, imagefolder, digits, or package.module:factory")
+    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--no-download", dest="download", action="store_const", const=False, help="never try to download data")
+    p.add_argument("--checkpoint", help="dense weights to start from (state dict; loaded with weights_only=True)")
+    p.add_argument("--dense-epochs", type=int, help="epochs to train the dense baseline when no checkpoint is given")
+    p.add_argument("--trials", type=int, help="trials to fine-tune in this run (over-budget policies are rejected for free and not counted)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/<study>.db)")
+    p.add_argument("--study", help="study name (default <dataset>-<model>); an existing study is resumed")
+    p.add_argument("--sampler", help="tpe (default), nsga2, random, gp")
+    p.add_argument("--methods", help="comma-separated importance methods to search over (l1,l2,fpgm,taylor,activation,random,unstructured)")
+    p.add_argument("--keep-min", type=float, help="smallest keep ratio per group")
+    p.add_argument("--keep-step", type=float, help="spacing of keep ratios")
+    p.add_argument("--round-to", type=int, help="round kept channel counts to a multiple of this")
+    p.add_argument("--min-channels", type=int, help="never keep fewer channels than this in a group")
+    p.add_argument("--ignore", help="comma-separated module-name patterns never to prune (stem and head always)")
+    p.add_argument("--distill", help="knowledge distillation from the dense model while fine-tuning: off, on, search")
+    p.add_argument("--params-objective", action="store_const", const=True, help="also minimise parameters (3rd objective)")
+    p.add_argument("--finetune-steps", type=int, help="fine-tune mini-batches per trial")
+    p.add_argument("--val-size", type=int, help="images held out of train for scoring trials")
+    p.add_argument("--seed", type=int, help="seed for the split-independent parts: baseline, sampler, fine-tune")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores; with N workers use cores // N)")
+    p.add_argument("--out", help="folder for front.csv/json/png (default studies/<study>/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="the study config TOML used for the search (gives storage and study name)")
+    p.add_argument("--storage", help="SQLAlchemy URL of the study (default sqlite:///studies/<study>.db)")
+    p.add_argument("--study", help="study name (may be omitted when the storage holds one study)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoprune", description="Search, browse and apply structured-pruning policies.", epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _search_parser(sub)
+    p = sub.add_parser("front", help="show the Pareto front of a study (table, CSV, JSON, PNG)")
+    _study_args(p)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="what to print on stdout")
+    p.add_argument("--out", help="folder for front.csv/json/png (default studies/<study>/)")
+    p = sub.add_parser("apply", help="re-prune the dense model with a trial's policy, fine-tune, test, export")
+    _study_args(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="trial number (see 'autoprune front')")
+    which.add_argument("--best", action="store_true", help="the feasible trial with the best search-val accuracy")
+    which.add_argument("--policy", help="a policy.json file (e.g. edited by hand or exported elsewhere) instead of a trial")
+    p.add_argument("--finetune-steps", type=int, default=1000, help="fine-tune mini-batches (default 1000)")
+    p.add_argument("--data-root", help="dataset folder, if it moved since the search")
+    p.add_argument("--out", help="export folder (default studies/<study>/trial-<N>/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from autoprune.config import SearchConfig
+
+    overrides = {k: v for k, v in vars(args).items() if k in SearchConfig.field_names()}
+    for key in ("methods", "ignore"):
+        if isinstance(overrides.get(key), str):
+            overrides[key] = [s.strip() for s in overrides[key].split(",") if s.strip()]
+    return SearchConfig.from_sources(toml_path=args.config, overrides=overrides)
+
+
+def _storage_and_study(args: argparse.Namespace) -> tuple[str, str | None]:
+    from autoprune.config import SearchConfig, load_toml
+
+    if args.storage:
+        return args.storage, args.study
+    if args.config:
+        cfg = load_toml(args.config)
+        partial = SearchConfig(**{k: v for k, v in cfg.items() if k in ("model", "dataset", "study", "storage")})
+        if args.study:
+            partial.study = args.study
+        return partial.storage_url, partial.study_name
+    name = args.study or SearchConfig().study_name
+    return f"sqlite:///studies/{name}.db", name
+
+
+def _out_dir(args: argparse.Namespace, study_name: str) -> Path:
+    return Path(args.out) if args.out else Path("studies") / study_name
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from autoprune import report
+    from autoprune import study as studies
+    from autoprune.config import human
+    from autoprune.pipeline import run_search
+
+    config = _config_from_args(args)
+    study, counts = run_search(config, progress=not args.quiet)
+    paths = report.write_front(study, _out_dir(args, study.study_name)) if studies.completed(study) else {}
+    info = studies.info(study)
+    print(f"\nstudy {study.study_name!r} in {config.storage_url}: {counts['complete']} trials fine-tuned, "
+          f"{counts['infeasible']} over-budget policies rejected before training, {counts['failed']} failed "
+          f"({counts['seconds']:.0f} s)")
+    print(f"budget: {human(info['budget']['flops'])} FLOPs ({info['budget']['flops'] / info['dense']['flops']:.3f} of dense "
+          f"{human(info['dense']['flops'])}); dense search-val accuracy {info['dense']['val_accuracy']:.4f}")
+    rows = report.front_rows(study)
+    if rows:
+        print("\nPareto front (search-val accuracy after a short fine-tune):")
+        print(report.format_table(rows, dense=info["dense"]))
+        print(f"\nfront: {paths['csv']}, {paths['json']}\nplot:  {paths['png']}")
+    best = studies.best_feasible(study)
+    print(f"dashboard: optuna-dashboard {config.storage_url}")
+    if best is not None:
+        print(f"apply the best feasible policy (trial {best.number}): autoprune apply --storage {config.storage_url} "
+              f"--study {study.study_name} --best")
+    return 0
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    from autoprune import report
+    from autoprune import study as studies
+
+    storage, name = _storage_and_study(args)
+    study = studies.load(storage, name)
+    rows = report.front_rows(study)
+    if not rows:
+        raise UserError(f"study {study.study_name!r} has no completed trial yet")
+    paths = report.write_front(study, _out_dir(args, study.study_name))
+    if args.format == "table":
+        print(report.format_table(rows, dense=studies.info(study)["dense"]))
+    elif args.format == "csv":
+        sys.stdout.write(paths["csv"].read_text())
+    else:
+        sys.stdout.write(paths["json"].read_text() + "\n")
+    print(f"wrote {paths['csv']}, {paths['json']}, {paths['png']}", file=sys.stderr)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from autoprune import study as studies
+    from autoprune.export import apply_trial, choose_trial, print_report
+
+    if args.finetune_steps < 0:
+        raise UserError(f"--finetune-steps {args.finetune_steps} must be >= 0")
+    storage, name = _storage_and_study(args)
+    study = studies.load(storage, name)
+    if args.policy:
+        trial_number, label = None, Path(args.policy).stem
+    else:
+        trial_number = choose_trial(study, None if args.best else args.trial).number
+        label = f"trial-{trial_number}"
+    out = Path(args.out) if args.out else Path("studies") / study.study_name / label
+    report = apply_trial(study, trial_number=trial_number, policy_file=Path(args.policy) if args.policy else None,
+                         out_dir=out, finetune_steps=args.finetune_steps, data_root=args.data_root,
+                         progress=not args.quiet)
+    print_report(report, out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*experimental.*")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return {"search": cmd_search, "front": cmd_front, "apply": cmd_apply}[args.command](args)
+    except UserError as exc:
+        print(f"autoprune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed trials are stored and the study can be resumed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Reading a study back: the Pareto front as a table, CSV, JSON and a PNG plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoprune import study as studies
+from autoprune.config import human
+
+COLUMNS = ("trial", "feasible", "accuracy", "accuracy_before_finetune", "flops", "flops_ratio", "params",
+           "nonzeros", "methods", "warm_start")
+
+
+def trial_row(trial: optuna.trial.FrozenTrial, dense_flops: int) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    methods = sorted({g["method"] for g in attrs.get("policy", {}).get("groups", {}).values()})
+    return {
+        "trial": trial.number,
+        "feasible": studies.is_feasible(trial),
+        "accuracy": trial.values[0],
+        "accuracy_before_finetune": attrs.get("accuracy_before_finetune"),
+        "flops": int(trial.values[1]),
+        "flops_ratio": trial.values[1] / dense_flops,
+        "params": attrs.get("params"),
+        "nonzeros": attrs.get("nonzeros"),
+        "methods": "+".join(methods),
+        "warm_start": attrs.get("warm_start", ""),
+        "channels": attrs.get("channels", {}),
+    }
+
+
+def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Pareto-optimal COMPLETE trials (feasible ones marked), sorted by FLOPs."""
+    dense_flops = studies.info(study)["dense"]["flops"]
+    front = studies.pareto_front(studies.completed(study), list(study.directions))
+    return [trial_row(t, dense_flops) for t in front]
+
+
+def format_table(rows: list[dict[str, Any]], *, dense: dict[str, Any] | None = None) -> str:
+    header = f"{'trial':>5}  {'feasible':>8}  {'val acc':>7}  {'before ft':>9}  {'FLOPs':>7}  {'of dense':>8}  {'params':>7}  {'nonzeros':>8}  methods"
+    lines = [header, "-" * len(header)]
+    if dense:
+        lines.append(f"{'dense':>5}  {'':>8}  {dense['val_accuracy']:7.4f}  {'':>9}  {human(dense['flops']):>7}  {1:8.3f}  {human(dense['params']):>7}  {'':>8}")
+    for r in rows:
+        before = "" if r["accuracy_before_finetune"] is None else f"{r['accuracy_before_finetune']:.4f}"
+        lines.append(
+            f"{r['trial']:>5}  {'yes' if r['feasible'] else 'NO':>8}  {r['accuracy']:7.4f}  {before:>9}  "
+            f"{human(r['flops']):>7}  {r['flops_ratio']:8.3f}  {human(r['params'] or 0):>7}  "
+            f"{human(r['nonzeros'] or 0):>8}  {r['methods']}{'  (' + r['warm_start'] + ')' if r['warm_start'] else ''}"
+        )
+    return "\n".join(lines)
+
+
+def plot_front(study: optuna.Study, path: Path, *, extra_points: list[dict[str, Any]] | None = None) -> Path:
+    """Accuracy vs FLOPs: every fine-tuned trial, the front, the dense model and the budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    info = studies.info(study)
+    dense = info["dense"]
+    trials = studies.completed(study)
+    front = studies.pareto_front(trials, list(study.directions))
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.scatter([t.values[1] / 1e6 for t in trials], [100 * t.values[0] for t in trials],
+               s=14, c="#9aa5b1", label=f"trials ({len(trials)})", zorder=2)
+    fx = [t.values[1] / 1e6 for t in front]
+    fy = [100 * t.values[0] for t in front]
+    ax.step(fx, fy, where="post", c="#d1495b", lw=1.5, zorder=3)
+    ax.scatter(fx, fy, s=30, c="#d1495b", label="Pareto front", zorder=4)
+    ax.scatter([dense["flops"] / 1e6], [100 * dense["val_accuracy"]], marker="*", s=160, c="#00798c",
+               label="dense", zorder=5)
+    for p in extra_points or []:
+        ax.scatter([p["flops"] / 1e6], [100 * p["accuracy"]], marker=p.get("marker", "D"), s=50,
+                   label=p["label"], zorder=5)
+    ax.axvline(info["budget"]["flops"] / 1e6, ls="--", c="k", lw=1, label="FLOPs budget")
+    ax.set_xlabel("FLOPs (M; fvcore, 1 multiply-add = 1 flop)")
+    ax.set_ylabel("search-val accuracy (%)")
+    cfg = info["config"]
+    ax.set_title(f"{study.study_name}: {cfg['model']} on {cfg['dataset']}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_front(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
+    """front.csv, front.json and front.png under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = front_rows(study)
+    paths = {"csv": out_dir / "front.csv", "json": out_dir / "front.json", "png": out_dir / "front.png"}
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    info = studies.info(study)
+    paths["json"].write_text(json.dumps(
+        {"study": study.study_name, "dense": info["dense"], "budget": info["budget"], "front": rows}, indent=1))
+    plot_front(study, paths["png"])
+    return paths
