@@ -1,0 +1,218 @@
+"""The CLI end to end, through a subprocess as a user runs it, on the digits task with a real
+SQLite study; then the study is opened with plain Optuna. Plus every bad-input case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from conftest import run_cli
+
+FAST = ["--dataset", "digits", "--val-size", "300", "--dense-epochs", "4", "--finetune-steps", "15",
+        "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """One real search shared by the tests of this module (digits, SmallCNN, 5 trials)."""
+    work = tmp_path_factory.mktemp("cli")
+    r = run_cli("search", "--budget-flops", "0.4", "--trials", "5", "--study", "digits-test", *FAST, cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert "Pareto front" in r.stdout and "optuna-dashboard sqlite:///studies/digits-test.db" in r.stdout
+    return work
+
+
+def load(work: Path) -> optuna.Study:
+    return optuna.load_study(study_name="digits-test", storage=f"sqlite:///{work}/studies/digits-test.db")
+
+
+def test_search_stores_a_real_multi_objective_study(searched):
+    study = load(searched)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["accuracy", "flops"]
+    info = study.user_attrs["autoprune"]
+    assert info["config"]["model"] == "smallcnn" and info["config"]["dataset"] == "digits"
+    budget, dense_flops = info["budget"]["flops"], info["dense"]["flops"]
+    assert budget == int(0.4 * dense_flops)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 5
+    for t in complete:
+        assert t.constraints and all(v <= 0 for v in t.constraints.values())
+        assert t.values[1] <= budget and t.user_attrs["flops"] == t.values[1]
+        assert 0 <= t.values[0] <= 1 and t.user_attrs["accuracy"] == t.values[0]
+        assert set(t.user_attrs["seconds"]) >= {"prune", "calibrate", "finetune", "evaluate", "measure", "total"}
+        assert t.user_attrs["nonzeros"] <= t.user_attrs["params"]
+        assert "accuracy_before_finetune" in t.user_attrs
+        assert set(t.user_attrs["channels"]) == set(t.user_attrs["policy"]["groups"])
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    for t in pruned:  # over-budget policies end as pruned, with the reason and no accuracy
+        assert t.user_attrs["feasible"] is False and t.user_attrs["reason"].startswith("infeasible")
+        assert any(v > 0 for v in t.constraints.values()) and t.values is None
+    assert complete[0].user_attrs.get("warm_start", "").startswith("uniform l1")
+    assert (searched / "studies" / "digits-test" / "front.png").stat().st_size > 10_000
+    # the dense baseline is cached for the next search
+    assert len(list((searched / "studies" / "checkpoints").glob("digits-smallcnn-*.pt"))) == 1
+
+
+def test_front_prints_table_and_writes_files(searched):
+    r = run_cli("front", "--study", "digits-test", "--format", "json", cwd=searched)
+    assert r.returncode == 0, r.stderr
+    front = json.loads(r.stdout)["front"]
+    study = load(searched)
+    best = max(t.values[0] for t in study.best_trials)
+    assert max(row["accuracy"] for row in front) == best
+    assert all(row["feasible"] for row in front)
+    flops = [row["flops"] for row in front]
+    assert flops == sorted(flops)
+    r = run_cli("front", "--study", "digits-test", cwd=searched)
+    assert "feasible" in r.stdout and "dense" in r.stdout
+    assert (searched / "studies" / "digits-test" / "front.csv").read_text().startswith("trial,feasible,accuracy")
+
+
+def test_resume_adds_trials_to_the_same_study(searched):
+    before = len(load(searched).trials)
+    r = run_cli("search", "--budget-flops", "0.4", "--trials", "1", "--study", "digits-test", *FAST, cwd=searched)
+    assert r.returncode == 0, r.stderr
+    study = load(searched)
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 6 and len(study.trials) > before
+    assert "training the dense" not in r.stderr  # baseline reused from the cache
+
+
+def test_apply_best_exports_a_rebuildable_model(searched, tmp_path):
+    r = run_cli("apply", "--study", "digits-test", "--best", "--finetune-steps", "30", "--out", str(tmp_path / "x"), cwd=searched)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "x" / "report.json").read_text())
+    assert report["pruned"]["flops"] < report["dense"]["flops"]
+    assert report["pruned"]["params"] < report["dense"]["params"]
+    assert 0.2 < report["pruned"]["test_accuracy"] <= 1
+    assert "| test accuracy |" in r.stdout
+    # rebuild from the dense checkpoint + policy.json + model.pt, without unpickling
+    from autoprune.export import load_pruned
+    from autoprune.models import build_model
+    from autoprune.train import load_weights
+
+    dense_ckpt = next((searched / "studies" / "checkpoints").glob("*.pt"))
+    torch.manual_seed(0)
+    dense = build_model("smallcnn", num_classes=10, in_channels=1, input_size=8)
+    load_weights(dense, dense_ckpt)
+    model = load_pruned(dense, tmp_path / "x" / "policy.json", tmp_path / "x" / "model.pt")
+    from autoprune.data import load_task
+    from autoprune.measure import count_flops
+    from autoprune.train import evaluate
+
+    task = load_task("digits", val_size=300)
+    assert evaluate(model, task.test_x, task.test_y) == report["pruned"]["test_accuracy"]
+    assert count_flops(model, task.example_input()) == report["pruned"]["flops"]
+
+
+def test_apply_policy_file_and_script(searched, tmp_path):
+    study = load(searched)
+    trial = study.best_trials[0]
+    (tmp_path / "p.json").write_text(json.dumps(trial.user_attrs["policy"]))
+    r = run_cli("apply", "--study", "digits-test", "--policy", str(tmp_path / "p.json"), "--finetune-steps", "5",
+                "--out", str(tmp_path / "y"), "--quiet", cwd=searched)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "y" / "report.json").read_text())["pruned"]["flops"] == trial.values[1]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "apply_best_policy.py"
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(script), "--storage", "sqlite:///studies/digits-test.db",
+                        "--finetune-steps", "5", "--out", str(tmp_path / "z"), "--quiet"],
+                       cwd=searched, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "z" / "policy.json").exists() and (tmp_path / "z" / "model.pt").exists()
+
+
+# --------------------------------------------------------------------------- bad input
+BAD = [
+    (["--model", "resnet21"], "unknown model 'resnet21'; valid choices:"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: cifar10, digits, fashion-mnist, imagefolder"),
+    (["--methods", "l1,l3"], "unknown importance method 'l3'; valid choices: activation, fpgm, l1, l2, random, taylor, unstructured"),
+    (["--sampler", "cmaes"], "unknown sampler 'cmaes'; valid choices: gp, nsga2, random, tpe"),
+    (["--storage", "nosuchdb://x"], "cannot open storage 'nosuchdb://x'"),
+    (["--checkpoint", "BADCKPT"], "cannot load checkpoint"),
+    (["--budget-flops", "0.01"], "is below the smallest this search space reaches"),
+    (["--budget-flops", "half"], "budget_flops 'half' is not a number"),
+    (["--keep-step", "0.3"], "keep_step 0.3 must be > 0 and divide"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[a[0] for a, _ in BAD])
+def test_bad_search_input_exits_2_with_message(tmp_path, monkeypatch, capsys, args, message):
+    """In-process through the CLI entry point (each subprocess costs ~5 s of imports)."""
+    from autoprune.cli import main
+
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint at all")
+    args = [a.replace("BADCKPT", str(tmp_path / "corrupt.pt")) for a in args]
+    if "--budget-flops" not in args:
+        args += ["--budget-flops", "0.5"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", *FAST, *args]) == 2  # later flags win
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "studies").exists()  # refused before any training or storage
+
+
+def test_bad_input_in_a_real_process_is_one_line_and_exit_2(tmp_path):
+    r = run_cli("search", "--budget-flops", "0.5", "--model", "resnet21", cwd=tmp_path)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "unknown model 'resnet21'; valid choices:" in r.stderr and "Did you mean 'resnet20'" in r.stderr
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    r = run_cli("search", "--budget-flops", "0.5", "--data-root", str(tmp_path), "--no-download", "--quiet", cwd=tmp_path,
+                env={"AUTOPRUNE_DATASET_DIRS": str(tmp_path / "none")})
+    assert r.returncode == 2 and "Fashion-MNIST not found" in r.stderr and "apt-get install dataset-fashion-mnist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_failing_run_leaves_the_stored_study_intact(searched):
+    db = searched / "studies" / "digits-test.db"
+    before = db.read_bytes()
+    # a different budget for an existing study is refused before anything is written
+    r = run_cli("search", "--budget-flops", "0.3", "--study", "digits-test", *FAST, cwd=searched)
+    assert r.returncode == 2 and "exists with a different setup (budget_flops: stored '0.4', now '0.3')" in r.stderr
+    r = run_cli("search", "--budget-flops", "0.4", "--study", "digits-test", "--sampler", "nope", *FAST, cwd=searched)
+    assert r.returncode == 2
+    assert db.read_bytes() == before
+    assert len(load(searched).trials) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["front", "--study", "nope"], "no study database at sqlite:///studies/nope.db"),
+        (["apply", "--study", "digits-test", "--trial", "999"], "trial 999 is not a completed trial"),
+        (["apply", "--study", "digits-test", "--policy", "CORRUPT"], "is not valid JSON"),
+        (["front", "--storage", "sqlite:///studies/digits-test.db", "--study", "other"], "unknown study"),
+    ],
+)
+def test_bad_front_and_apply_input(searched, tmp_path, monkeypatch, capsys, args, message):
+    from autoprune.cli import main
+
+    (tmp_path / "c.json").write_text("{oops")
+    args = [a.replace("CORRUPT", str(tmp_path / "c.json")) for a in args]
+    monkeypatch.chdir(searched)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_file(tmp_path, monkeypatch, capsys):
+    from autoprune.cli import main
+
+    (tmp_path / "bad.toml").write_text('budget_flops = 0.5\nmodle = "smallcnn"\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--config", "bad.toml"]) == 2
+    assert "bad.toml: unknown key(s) ['modle']; valid keys:" in capsys.readouterr().err
+    for name in ("fashion-mnist.toml", "resnet20-fashion-mnist.toml"):
+        from autoprune.config import SearchConfig
+
+        config = SearchConfig.from_sources(toml_path=str(Path(__file__).resolve().parents[1] / "studies" / name))
+        assert config.dataset == "fashion-mnist" and config.budget_flops in ("0.5", "0.4")

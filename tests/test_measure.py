@@ -1,0 +1,45 @@
+"""FLOPs against hand counts (fvcore conventions: 1 multiply-add = 1 flop, BN 2/element in
+eval, adaptive average pooling 1/input element, biases and activations free)."""
+
+import torch
+
+from autoprune.measure import count_flops, count_nonzeros, count_params
+from autoprune.policy import GroupChoice, Policy
+from autoprune.prune import Pruner
+
+
+def hand_count(c1: int, c2: int) -> int:
+    hw = 8 * 8
+    conv1 = hw * c1 * 1 * 9
+    bn1 = 2 * c1 * hw
+    conv2 = hw * c2 * c1 * 9
+    bn2 = 2 * c2 * hw
+    pool = c2 * hw
+    fc = c2 * 3
+    return conv1 + bn1 + conv2 + bn2 + pool + fc
+
+
+def test_dense_flops_equal_hand_count(two_conv):
+    assert hand_count(4, 6) == 17810
+    assert count_flops(two_conv, torch.zeros(1, 1, 8, 8)) == 17810
+
+
+def test_pruned_flops_equal_hand_count_of_smaller_net(two_conv):
+    pruner = Pruner(two_conv, torch.zeros(1, 1, 8, 8), ignored=["fc"])
+    assert [g.id for g in pruner.groups] == ["conv1", "conv2"]
+    policy = Policy({"conv1": GroupChoice("l1", 0.5), "conv2": GroupChoice("l2", 0.5)})
+    pruned, resolved = pruner.apply(policy)
+    assert resolved.channels() == {"conv1": 2, "conv2": 3}
+    assert pruned.conv1.out_channels == 2 and pruned.conv2.in_channels == 2
+    assert pruned.conv2.out_channels == 3 and pruned.fc.in_features == 3
+    assert count_flops(pruned, torch.zeros(1, 1, 8, 8)) == hand_count(2, 3) == 5449
+
+
+def test_params_and_nonzeros(two_conv):
+    expected = 4 * 9 + 2 * 4 + 6 * 4 * 9 + 2 * 6 + 6 * 3 + 3
+    assert count_params(two_conv) == expected
+    with torch.no_grad():
+        two_conv.conv2.weight[0].zero_()
+    zeros_in_init = sum(int((p == 0).sum()) for p in two_conv.parameters())
+    assert count_nonzeros(two_conv) == expected - zeros_in_init
+    assert zeros_in_init >= 4 * 9
