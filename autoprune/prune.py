@@ -104,7 +104,7 @@ class Pruner:
             if choice.method == UNSTRUCTURED:
                 resolved[group.id] = GroupChoice(UNSTRUCTURED, choice.keep, group.channels, group.channels)
                 continue
-            kept = choice.kept if choice.kept_indices is not None else self.kept(group, choice.keep)
+            kept = len(choice.kept_indices) if choice.kept_indices is not None else self.kept(group, choice.keep)
             idx = choice.kept_indices
             if idx is None and indices:
                 idx = tuple(self.scores.keep_indices(group.id, choice.method, kept, group.channel_groups))

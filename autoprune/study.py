@@ -29,12 +29,14 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=60,
-            grace_period=180,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=60,
+                grace_period=180,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
     except Exception as exc:  # sqlalchemy.exc.ArgumentError, OperationalError, ModuleNotFoundError
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         raise UserError(
@@ -171,11 +173,13 @@ def optimize(
     progress: bool = True,
     max_infeasible: int | None = None,
 ) -> dict[str, int]:
-    """Run until ``trials`` trials have been fine-tuned (infeasible policies are rejected
-    before any training and do not count), or ``timeout`` seconds. Returns counts."""
-    counts = {"complete": 0, "infeasible": 0, "failed": 0}
+    """Run until ``trials`` trials have been fine-tuned, fully or until stopped early
+    (over-budget policies are rejected before any training and do not count), or
+    ``timeout`` seconds. Returns counts."""
+    counts = {"complete": 0, "early_stopped": 0, "infeasible": 0, "failed": 0}
     max_infeasible = max_infeasible if max_infeasible is not None else 50 * trials + 200
     best = [max((t.values[0] for t in completed(study) if is_feasible(t)), default=-math.inf)]
+    streak = [0]  # consecutive failed trials
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -189,14 +193,25 @@ def optimize(
                 best[0] = max(best[0], trial.values[0])
             if bar is not None:
                 bar.update()
+        elif trial.state == TrialState.PRUNED and trial.user_attrs.get("early_stopped"):
+            counts["early_stopped"] += 1
+            if bar is not None:
+                bar.update()
         elif trial.state == TrialState.PRUNED:
             counts["infeasible"] += 1
         else:
             counts["failed"] += 1
+            streak[0] += 1
+            if streak[0] >= 3:
+                print(f"\nstopping: {streak[0]} trials in a row failed; the last error is in the log above",
+                      file=sys.stderr)
+                study.stop()
+            return
+        streak[0] = 0
         if bar is not None:
             bar.set_postfix(best_acc=f"{best[0]:.4f}" if best[0] > -math.inf else "-",
-                            rejected=counts["infeasible"])
-        if counts["complete"] >= trials:
+                            stopped=counts["early_stopped"], rejected=counts["infeasible"])
+        if counts["complete"] + counts["early_stopped"] >= trials:
             study.stop()
         elif counts["infeasible"] >= max_infeasible:
             print(f"\nstopping: {counts['infeasible']} sampled policies were over budget; "
@@ -205,7 +220,10 @@ def optimize(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study.optimize(objective, n_trials=None, timeout=timeout, callbacks=[callback], gc_after_trial=False)
+        # A policy that breaks a model at run time fails its trial (recorded, with the error
+        # logged by Optuna) instead of ending the search; three failures in a row end it.
+        study.optimize(objective, n_trials=None, timeout=timeout, callbacks=[callback], gc_after_trial=False,
+                       catch=(RuntimeError,))
     finally:
         if bar is not None:
             bar.close()
