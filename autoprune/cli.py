@@ -17,6 +17,15 @@ EPILOG = "Docs: README.md. Open a study live with: optuna-dashboard <storage-url
 def _search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search per-group pruning policies under a FLOPs budget",
                        description="Search pruning policies; results go to an Optuna study (resumable).", epilog=EPILOG)
+    _config_args(p)
+    p = sub.add_parser("sensitivity", help="accuracy after pruning each group alone at each keep level",
+                       description="Per-group sensitivity (BN recalibrated, no fine-tune) with a plot; with a "
+                       "budget, also the policy that meets it by pruning the least sensitive groups first.",
+                       epilog=EPILOG)
+    _config_args(p)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="study config TOML (e.g. studies/fashion-mnist.toml); flags override it")
     p.add_argument("--budget-flops", help="fraction of dense FLOPs (0.5) or an absolute count (150M); required")
     p.add_argument("--budget-params", help="optional parameter budget, same forms as --budget-flops")
@@ -38,8 +47,12 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-channels", type=int, help="never keep fewer channels than this in a group")
     p.add_argument("--ignore", help="comma-separated module-name patterns never to prune (stem and head always)")
     p.add_argument("--distill", help="knowledge distillation from the dense model while fine-tuning: off, on, search")
+    p.add_argument("--warm-start", help="comma-separated first trials of a new study: uniform (default), sensitivity")
     p.add_argument("--params-objective", action="store_const", const=True, help="also minimise parameters (3rd objective)")
     p.add_argument("--finetune-steps", type=int, help="fine-tune mini-batches per trial")
+    p.add_argument("--early-stop", type=float, help="after this fraction of the fine-tune steps, stop a trial that an "
+                   "earlier one with no more FLOPs beats by --early-stop-margin (default 0 = off)")
+    p.add_argument("--early-stop-margin", type=float, help="accuracy margin for --early-stop (default 0.02)")
     p.add_argument("--val-size", type=int, help="images held out of train for scoring trials")
     p.add_argument("--seed", type=int, help="seed for the split-independent parts: baseline, sampler, fine-tune")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores; with N workers use cores // N)")
@@ -78,7 +91,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     from autoprune.config import SearchConfig
 
     overrides = {k: v for k, v in vars(args).items() if k in SearchConfig.field_names()}
-    for key in ("methods", "ignore"):
+    for key in ("methods", "ignore", "warm_start"):
         if isinstance(overrides.get(key), str):
             overrides[key] = [s.strip() for s in overrides[key].split(",") if s.strip()]
     return SearchConfig.from_sources(toml_path=args.config, overrides=overrides)
@@ -114,6 +127,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     paths = report.write_front(study, _out_dir(args, study.study_name)) if studies.completed(study) else {}
     info = studies.info(study)
     print(f"\nstudy {study.study_name!r} in {config.storage_url}: {counts['complete']} trials fine-tuned, "
+          f"{counts['early_stopped']} stopped early, "
           f"{counts['infeasible']} over-budget policies rejected before training, {counts['failed']} failed "
           f"({counts['seconds']:.0f} s)")
     print(f"budget: {human(info['budget']['flops'])} FLOPs ({info['budget']['flops'] / info['dense']['flops']:.3f} of dense "
@@ -128,6 +142,42 @@ def cmd_search(args: argparse.Namespace) -> int:
     if best is not None:
         print(f"apply the best feasible policy (trial {best.number}): autoprune apply --storage {config.storage_url} "
               f"--study {study.study_name} --best")
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    import torch
+
+    from autoprune import sensitivity
+    from autoprune.baseline import get_dense
+    from autoprune.config import human
+    from autoprune.groups import resolve_ignore
+    from autoprune.pipeline import load_config_task, plan
+    from autoprune.prune import Pruner
+
+    budget_given = bool(args.budget_flops)
+    if not budget_given:
+        args.budget_flops = "1"
+    config = _config_from_args(args)
+    torch.set_num_threads(config.num_threads())
+    task = load_config_task(config)
+    example = task.example_input()
+    dense = get_dense(config, task, progress=not args.quiet)
+    ignored = resolve_ignore(dense.model, config.ignore)
+    pruner = Pruner(dense.model, example, ignored=ignored, round_to=config.round_to, min_channels=config.min_channels)
+    result = sensitivity.analyse(pruner, task.train_x, (task.val_x, task.val_y), config.keep_levels,
+                                 batch_size=config.batch_size, seed=config.seed, progress=not args.quiet)
+    paths = sensitivity.write(result, _out_dir(args, config.study_name))
+    print(sensitivity.format_table(result))
+    if budget_given:
+        the_plan = plan(dense.model, example, config)
+        policy = sensitivity.derived_policy(result, pruner, config.keep_levels, the_plan.budget.flops)
+        if policy is None:
+            print(f"no policy from single-group sensitivity meets {human(the_plan.budget.flops)} FLOPs")
+        else:
+            print(f"\npolicy for {human(the_plan.budget.flops)} FLOPs, least sensitive groups pruned first: "
+                  + ", ".join(f"{gid} {g.keep:g}" for gid, g in policy.groups.items()))
+    print(f"\nwrote {paths['json']}, {paths['png']}")
     return 0
 
 
@@ -181,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return {"search": cmd_search, "front": cmd_front, "apply": cmd_apply}[args.command](args)
+        commands = {"search": cmd_search, "sensitivity": cmd_sensitivity, "front": cmd_front, "apply": cmd_apply}
+        return commands[args.command](args)
     except UserError as exc:
         print(f"autoprune {args.command}: error: {exc}", file=sys.stderr)
         return 2

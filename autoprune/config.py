@@ -19,6 +19,7 @@ from autoprune.errors import UserError, unknown_choice
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 DISTILL = ("off", "on", "search")
+WARM_STARTS = ("uniform", "sensitivity")
 DEFAULT_METHODS = ("l1", "l2", "fpgm", "taylor", "activation")
 
 
@@ -56,12 +57,15 @@ class SearchConfig:
     min_channels: int = 4
     ignore: list[str] = field(default_factory=list)
     distill: str = "off"
+    warm_start: list[str] = field(default_factory=lambda: ["uniform"])  # first trials: "uniform", "sensitivity"
     # trial
     finetune_steps: int = 150
     finetune_lr: float = 0.01
     batch_size: int = 128
     bn_batches: int = 20
     calib_images: int = 256
+    early_stop: float = 0.0  # fraction of fine-tune steps after which hopeless trials stop (0 = off)
+    early_stop_margin: float = 0.02
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -145,6 +149,9 @@ class SearchConfig:
             raise unknown_choice("sampler", self.sampler, SAMPLERS)
         if self.distill not in DISTILL:
             raise unknown_choice("distill setting", self.distill, DISTILL)
+        for kind in self.warm_start:
+            if kind not in WARM_STARTS:
+                raise unknown_choice("warm start", kind, WARM_STARTS)
         if not self.methods:
             raise bad("methods must name at least one importance method")
         for method in self.methods:
@@ -161,6 +168,8 @@ class SearchConfig:
         for name in ("finetune_steps", "bn_batches"):
             if getattr(self, name) < 0:
                 raise bad(f"{name} = {getattr(self, name)} must be >= 0")
+        if not 0 <= self.early_stop < 1:
+            raise bad(f"early_stop = {self.early_stop} must be in [0, 1): the fraction of fine-tune steps before the check")
         if self.timeout is not None and self.timeout <= 0:
             raise bad(f"timeout = {self.timeout} must be > 0 seconds")
         if self.threads is not None and self.threads < 1:

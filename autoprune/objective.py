@@ -4,10 +4,12 @@ budget, else recalibrate BatchNorm, fine-tune briefly, score on search-val, and 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
 import torch
+from optuna.trial import TrialState
 from torch import nn
 
 from autoprune.measure import count_flops, count_nonzeros, count_params
@@ -26,6 +28,10 @@ class TrialSettings:
     batch_size: int = 128
     bn_batches: int = 20
     seed: int = 0
+    early_stop: float = 0.0  # check after this fraction of the fine-tune steps (0 = never)
+    early_stop_margin: float = 0.02  # stop if an earlier trial with <= FLOPs was this much better
+    early_stop_images: int = 1000  # search-val images scored at the check
+    early_stop_min_trials: int = 5  # checked trials needed before anything is stopped
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,44 @@ class Objective:
             self._flops[key] = count_flops(model, self.pruner.example_input)
         return self._flops[key]
 
+    def _check(
+        self, trial: optuna.Trial, model: nn.Module, flops: int, state: dict[str, object]
+    ) -> tuple[int, Callable[[], bool]] | None:
+        """Early stopping of a hopeless trial, built by hand because Optuna's report /
+        should_prune do not work in multi-objective studies. After ``early_stop`` of the
+        fine-tune steps, the trial is scored on a few search-val images; it stops if an
+        earlier trial with no more FLOPs scored ``early_stop_margin`` higher at the same
+        point (dominated at the check, by a margin)."""
+        s = self.settings
+        if s.early_stop <= 0 or s.finetune_steps < 2:
+            return None
+        step = max(1, int(s.finetune_steps * s.early_stop))
+        x, y = self.val[0][: s.early_stop_images], self.val[1][: s.early_stop_images]
+
+        def keep_going() -> bool:
+            acc = evaluate(model, x, y)
+            state["accuracy"] = acc
+            checked = [
+                t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if "accuracy_at_check" in t.user_attrs
+            ]
+            if len(checked) < s.early_stop_min_trials:
+                return True
+            rivals = [t for t in checked if t.values[1] <= flops]
+            if not rivals:
+                return True
+            best = max(rivals, key=lambda t: t.user_attrs["accuracy_at_check"])
+            if best.user_attrs["accuracy_at_check"] >= acc + s.early_stop_margin:
+                state["reason"] = (
+                    f"early-stopped after {step}/{s.finetune_steps} steps: accuracy {acc:.4f} vs "
+                    f"{best.user_attrs['accuracy_at_check']:.4f} of trial {best.number} "
+                    f"({int(best.values[1]):,} <= {flops:,} FLOPs)"
+                )
+                return False
+            return True
+
+        return step, keep_going
+
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         s = self.settings
         seconds: dict[str, float] = {}
@@ -111,11 +155,23 @@ class Objective:
         seconds["evaluate"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        check_state: dict[str, object] = {}
         finetune(
             model, *self.train, steps=s.finetune_steps, batch_size=s.batch_size, lr=s.finetune_lr,
             seed=s.seed + trial.number, teacher=self.pruner.dense if resolved.distill else None,
+            check=self._check(trial, model, flops, check_state),
         )
         seconds["finetune"] = time.perf_counter() - t
+        if "accuracy" in check_state:
+            trial.set_user_attr("accuracy_at_check", check_state["accuracy"])
+        if "reason" in check_state:
+            seconds["total"] = time.perf_counter() - t0
+            trial.set_user_attr("feasible", True)
+            trial.set_user_attr("early_stopped", True)
+            trial.set_user_attr("reason", check_state["reason"])
+            trial.set_user_attr("accuracy_before_finetune", acc_before)
+            trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
+            raise optuna.TrialPruned(str(check_state["reason"]))
         t = time.perf_counter()
         acc = evaluate(model, *self.val)
         seconds["evaluate"] += time.perf_counter() - t

@@ -13,6 +13,7 @@ import optuna
 import torch
 from torch import nn
 
+from autoprune import sensitivity
 from autoprune import study as studies
 from autoprune.baseline import get_dense, skeleton
 from autoprune.config import SearchConfig, data_root_path, human, resolve_budget
@@ -22,6 +23,7 @@ from autoprune.groups import resolve_ignore
 from autoprune.importance import Calibration
 from autoprune.measure import FLOP_CONVENTION, count_flops, count_params
 from autoprune.objective import Budget, Objective, TrialSettings
+from autoprune.policy import Policy
 from autoprune.prune import Pruner
 from autoprune.space import Space
 from autoprune.train import evaluate
@@ -76,18 +78,42 @@ def calibration_of(config: SearchConfig, x: torch.Tensor, y: torch.Tensor) -> Ca
     return Calibration(x[idx], y[idx], batch_size=config.batch_size)
 
 
-def warm_start(study: optuna.Study, pruner: Pruner, space: Space, budget: Budget, example_input: torch.Tensor) -> None:
-    """Enqueue uniform L1 pruning at the largest keep level that meets the budget: a sane first
-    point on the front, and the baseline an engineer would try by hand."""
+def warm_start(
+    study: optuna.Study,
+    pruner: Pruner,
+    space: Space,
+    budget: Budget,
+    config: SearchConfig,
+    train_x: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor],
+    *,
+    progress: bool = False,
+) -> None:
+    """Enqueue the first trials of a new study: ``uniform`` = uniform pruning at the largest
+    keep level that meets the budget (what an engineer would try by hand); ``sensitivity`` =
+    a policy that meets the budget by pruning the least sensitive groups first."""
     method = "l1" if "l1" in space.methods else space.methods[0]
-    for keep in sorted(space.levels, reverse=True):
-        policy = space.uniform(pruner.groups, keep, method)
+    example_input = pruner.example_input
+
+    def fits(policy: Policy) -> bool:
         model, _ = pruner.apply(policy)
-        if count_flops(model, example_input) <= budget.flops and (
-            budget.params is None or count_params(model) <= budget.params
-        ):
-            study.enqueue_trial(space.params_for(policy), user_attrs={"warm_start": f"uniform {method} keep {keep}"})
-            return
+        return count_flops(model, example_input) <= budget.flops and (
+            budget.params is None or count_params(model) <= budget.params)
+
+    if "uniform" in config.warm_start:
+        for keep in sorted(space.levels, reverse=True):
+            policy = space.uniform(pruner.groups, keep, method)
+            if fits(policy):
+                study.enqueue_trial(space.params_for(policy), user_attrs={"warm_start": f"uniform {method} keep {keep}"})
+                break
+    if "sensitivity" in config.warm_start:
+        result = sensitivity.analyse(pruner, train_x, val, list(space.levels), method=method,
+                                     batch_size=config.batch_size, seed=config.seed, progress=progress)
+        study.set_user_attr("sensitivity", result)
+        policy = sensitivity.derived_policy(result, pruner, list(space.levels), budget.flops)
+        if policy is not None and fits(policy):
+            policy = Policy(policy.groups, distill=space.distill == "on")
+            study.enqueue_trial(space.params_for(policy), user_attrs={"warm_start": f"sensitivity {method}"})
 
 
 def search_model(
@@ -128,10 +154,14 @@ def search_model(
     )
     space = space_of(config)
     if not resumed:
-        warm_start(study, pruner, space, the_plan.budget, example_input)
+        warm_start(study, pruner, space, the_plan.budget, config, train[0], val, progress=progress)
     objective = Objective(
         pruner=pruner, space=space, budget=the_plan.budget, train=train, val=val,
-        settings=TrialSettings(config.finetune_steps, config.finetune_lr, config.batch_size, config.bn_batches, config.seed),
+        settings=TrialSettings(
+            finetune_steps=config.finetune_steps, finetune_lr=config.finetune_lr, batch_size=config.batch_size,
+            bn_batches=config.bn_batches, seed=config.seed, early_stop=config.early_stop,
+            early_stop_margin=config.early_stop_margin,
+        ),
         params_objective=config.params_objective,
     )
     counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -111,9 +111,13 @@ def finetune(
     teacher: nn.Module | None = None,
     progress: bool = False,
     desc: str = "fine-tune",
+    check: tuple[int, Callable[[], bool]] | None = None,
 ) -> float:
     """SGD (momentum 0.9, nesterov) with cosine decay over ``steps`` mini-batches; with a
-    ``teacher``, the loss is distilled from its logits. Returns the mean loss of the last 10%."""
+    ``teacher``, the loss is distilled from its logits. Returns the mean loss of the last 10%.
+
+    ``check=(k, fn)`` calls ``fn()`` after step ``k``; if it returns False, training stops
+    there (early stopping of a hopeless trial) and NaN is returned."""
     if steps <= 0:
         return float("nan")
     torch.manual_seed(seed)  # dropout masks
@@ -150,6 +154,10 @@ def finetune(
             bar.update()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+        if check is not None and step + 1 == check[0] and not check[1]():  # evaluate() restores train mode
+            if bar is not None:
+                bar.close()
+            return float("nan")
     if bar is not None:
         bar.close()
     return sum(tail) / len(tail)

@@ -1,0 +1,83 @@
+"""Search levers: early stopping of dominated trials, sensitivity analysis and the policy
+derived from it, warm starts."""
+
+import optuna
+import pytest
+
+from autoprune.groups import resolve_ignore
+from autoprune.measure import count_flops
+from autoprune.objective import Budget, Objective, TrialSettings
+from autoprune.prune import Pruner
+from autoprune.sensitivity import analyse, derived_policy
+from autoprune.space import Space
+
+
+@pytest.fixture(scope="module")
+def setup(digits_dense):
+    model, task = digits_dense
+    pruner = Pruner(model, task.example_input(), ignored=resolve_ignore(model, []))
+    return task, model, pruner
+
+
+def objective(setup, **settings) -> Objective:
+    task, _, pruner = setup
+    return Objective(
+        pruner=pruner, space=Space(levels=(0.5, 0.75, 1.0), methods=("l1",)), budget=Budget(flops=10**9),
+        train=(task.train_x, task.train_y), val=(task.val_x, task.val_y),
+        settings=TrialSettings(finetune_steps=9, batch_size=64, **settings),
+    )
+
+
+def completed_trial(acc_at_check: float, flops: float) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(values=[0.9, flops], user_attrs={"accuracy_at_check": acc_at_check})
+
+
+def test_early_stop_stops_only_trials_dominated_at_the_check(setup):
+    task, model, _ = setup
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for flops in (1000, 2000, 3000, 4000, 5000):
+        study.add_trial(completed_trial(1.0, flops))
+    obj = objective(setup, early_stop=0.34, early_stop_margin=0.02)
+    state: dict = {}
+    step, keep_going = obj._check(study.ask(), model, 2500, state)
+    assert step == 3
+    assert keep_going() is False  # trials with 1000 and 2000 FLOPs scored 1.0 at the check
+    assert "trial 0" in state["reason"] or "trial 1" in state["reason"]
+    assert state["accuracy"] < 0.98
+    state = {}
+    assert obj._check(study.ask(), model, 900, state)[1]() is True  # nothing cheaper to compare with
+    assert objective(setup)._check(study.ask(), model, 2500, {}) is None  # off by default
+
+
+def test_early_stop_waits_for_enough_checked_trials(setup):
+    _, model, _ = setup
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for flops in (1000, 2000):
+        study.add_trial(completed_trial(1.0, flops))
+    assert objective(setup, early_stop=0.5)._check(study.ask(), model, 5000, {})[1]() is True
+
+
+def test_early_stopped_trials_are_recorded_as_pruned_with_the_reason(setup):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for flops in (1, 2, 3, 4, 5):
+        study.add_trial(completed_trial(1.0, flops))
+    study.optimize(objective(setup, early_stop=0.5), n_trials=2)
+    stopped = study.trials[5:]
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in stopped)
+    assert all(t.user_attrs["early_stopped"] and t.user_attrs["reason"].startswith("early-stopped after 4/9") for t in stopped)
+    assert all(all(v <= 0 for v in t.constraints.values()) for t in stopped)  # feasible, just hopeless
+
+
+def test_sensitivity_and_derived_policy(setup):
+    task, model, pruner = setup
+    levels = [0.25, 0.5, 0.75, 1.0]
+    result = analyse(pruner, task.train_x, (task.val_x, task.val_y), levels, images=200, bn_batches=2, batch_size=64)
+    assert set(result["groups"]) == {g.id for g in pruner.groups}
+    assert all([r["keep"] for r in rows] == [0.25, 0.5, 0.75] for rows in result["groups"].values())
+    assert all(r["flops"] < result["dense_flops"] for rows in result["groups"].values() for r in rows)
+    budget = int(0.5 * result["dense_flops"])
+    policy = derived_policy(result, pruner, levels, budget)
+    pruned, _ = pruner.apply(policy)
+    assert count_flops(pruned, task.example_input()) <= budget
+    assert all(g.keep in levels for g in policy.groups.values())
+    assert derived_policy(result, pruner, levels, 10) is None  # below the reachable minimum
