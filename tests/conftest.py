@@ -33,6 +33,20 @@ class TwoConv(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+@pytest.fixture(scope="session")
+def digits_dense():
+    """(SmallCNN trained 2 epochs on digits, the digits task): shared, never modified."""
+    from autoprune.data import load_task
+    from autoprune.models import build_model
+    from autoprune.train import train_dense
+
+    task = load_task("digits", val_size=300)
+    torch.manual_seed(0)
+    model = build_model("smallcnn", num_classes=10, in_channels=1, input_size=8)
+    train_dense(model, task.train_x, task.train_y, epochs=2, batch_size=64, progress=False)
+    return model.eval(), task
+
+
 @pytest.fixture
 def two_conv() -> TwoConv:
     torch.manual_seed(0)

@@ -148,3 +148,18 @@ def test_val_size_is_checked():
 def test_unknown_dataset_lists_choices():
     with pytest.raises(UserError, match="unknown dataset 'mnist'; valid choices: cifar10, digits, fashion-mnist, imagefolder"):
         load_raw("mnist")
+
+
+def test_dataset_factory(tmp_path, monkeypatch):
+    (tmp_path / "mydata.py").write_text(
+        "import torch\n"
+        "def make(root=None):\n"
+        "    x = torch.rand(30, 3, 6, 6)\n"
+        "    y = torch.arange(30) % 3\n"
+        "    return list(zip(x, y)), list(zip(x[:6], y[:6]))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    task = load_task("mydata:make", val_size=10)
+    assert task.input_shape == (3, 6, 6) and task.num_classes == 3 and len(task.val_y) == 10
+    with pytest.raises(UserError, match="cannot import module 'nosuch'"):
+        load_task("nosuch:make")

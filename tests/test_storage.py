@@ -1,0 +1,115 @@
+"""The study in every storage backend (SQLite; PostgreSQL when its server binaries are
+installed), every sampler, and optuna-dashboard serving a study."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+import autoprune
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dense(digits_dense):
+    return digits_dense
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 (initdb refuses root: run as postgres)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("PostgreSQL server binaries are not installed")
+    pytest.importorskip("psycopg2")
+    # pytest's tmp folders are private to root; the server runs as postgres
+    base = Path(tempfile.mkdtemp(prefix="autoprune-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    as_pg = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+    if os.geteuid() == 0:
+        os.chmod(base, 0o755)
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+    subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    port = free_port()
+    subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
+                    f"-c listen_addresses=127.0.0.1 -p {port} -k {sock}", "start"], check=True, capture_output=True)
+    subprocess.run([*as_pg, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "ap"],
+                   check=True, capture_output=True)
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/ap"
+    subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def small_search(dense, storage: str, *, sampler: str = "tpe", trials: int = 2, study: str = "s"):
+    model, task = dense
+    return autoprune.search(
+        model, (task.train_x, task.train_y), (task.val_x, task.val_y), task.example_input(),
+        budget_flops=0.6, storage=storage, study=study, trials=trials, finetune_steps=2, sampler=sampler,
+        progress=False, batch_size=64, threads=1, methods=["l1", "fpgm"],
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_study_round_trip_in_each_backend(backend, dense, tmp_path, request):
+    url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else request.getfixturevalue("postgres")
+    study = small_search(dense, url, study=f"rt-{backend}")
+    again = optuna.load_study(study_name=f"rt-{backend}", storage=url)
+    assert again.metric_names == ["accuracy", "flops"]
+    assert again.user_attrs["autoprune"]["budget"]["flops"] == study.user_attrs["autoprune"]["budget"]["flops"]
+    small_search(dense, url, trials=1, study=f"rt-{backend}")  # resume from a second "worker"
+    done = [t for t in optuna.load_study(study_name=f"rt-{backend}", storage=url).trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "gp"])
+def test_every_sampler_runs_and_respects_the_budget(sampler, dense, tmp_path):
+    study = small_search(dense, f"sqlite:///{tmp_path}/s.db", sampler=sampler, trials=3)
+    budget = study.user_attrs["autoprune"]["budget"]["flops"]
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3 and all(t.values[1] <= budget for t in done)
+    assert type(study.sampler).__name__.lower().startswith({"tpe": "tpe", "nsga2": "nsgaii", "random": "random", "gp": "gp"}[sampler])
+
+
+def test_optuna_dashboard_serves_the_study(dense, tmp_path):
+    small_search(dense, f"sqlite:///{tmp_path}/s.db", study="dash")
+    port = free_port()
+    proc = subprocess.Popen(["optuna-dashboard", f"sqlite:///{tmp_path}/s.db", "--port", str(port), "--host", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        data = None
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    data = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert data is not None, "optuna-dashboard did not answer"
+        (summary,) = data["study_summaries"]
+        assert summary["study_name"] == "dash"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=5) as r:
+            detail = json.loads(r.read())
+        assert detail["objective_names"] == ["accuracy", "flops"]
+        assert any(t["state"] == "Complete" and any(a["key"] == "policy" for a in t["user_attrs"]) for t in detail["trials"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
