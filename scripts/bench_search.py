@@ -37,7 +37,7 @@ def solve_uniform(pruner, target_flops: int, method: str = "l1") -> tuple[float,
             lo = mid
         else:
             hi = mid
-    return lo, Policy({g.id: GroupChoice(method, round(lo, 6)) for g in pruner.groups})
+    return lo, Policy({g.id: GroupChoice(method, lo) for g in pruner.groups})
 
 
 def main(argv: list[str] | None = None) -> int:
