@@ -143,7 +143,7 @@ def torchvision_names() -> list[str]:
 
 
 def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d] | None:
-    for name, module in model.named_modules():
+    for module in model.modules():
         for child_name, child in module.named_children():
             if isinstance(child, nn.Conv2d):
                 return module, child_name, child
