@@ -72,14 +72,19 @@ def plot_front(study: optuna.Study, path: Path, *, extra_points: list[dict[str, 
                s=14, c="#9aa5b1", label=f"trials ({len(trials)})", zorder=2)
     fx = [t.values[1] / 1e6 for t in front]
     fy = [100 * t.values[0] for t in front]
-    ax.step(fx, fy, where="post", c="#d1495b", lw=1.5, zorder=3)
+    budget_x = info["budget"]["flops"] / 1e6
+    ax.step(fx + [max(budget_x, fx[-1])] if fx else [], fy + fy[-1:], where="post", c="#d1495b", lw=1.5, zorder=3)
     ax.scatter(fx, fy, s=30, c="#d1495b", label="Pareto front", zorder=4)
+    for t in trials:
+        if t.user_attrs.get("warm_start"):
+            ax.scatter([t.values[1] / 1e6], [100 * t.values[0]], marker="s", s=70, facecolors="none",
+                       edgecolors="k", label=t.user_attrs["warm_start"] + " (warm start)", zorder=5)
     ax.scatter([dense["flops"] / 1e6], [100 * dense["val_accuracy"]], marker="*", s=160, c="#00798c",
                label="dense", zorder=5)
     for p in extra_points or []:
         ax.scatter([p["flops"] / 1e6], [100 * p["accuracy"]], marker=p.get("marker", "D"), s=50,
                    label=p["label"], zorder=5)
-    ax.axvline(info["budget"]["flops"] / 1e6, ls="--", c="k", lw=1, label="FLOPs budget")
+    ax.axvline(budget_x, ls="--", c="k", lw=1, label="FLOPs budget")
     ax.set_xlabel("FLOPs (M; fvcore, 1 multiply-add = 1 flop)")
     ax.set_ylabel("search-val accuracy (%)")
     cfg = info["config"]
