@@ -51,8 +51,12 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) ->
     )
     pruner = Pruner(model, example_input, ignored=ignored, round_to=config.round_to, min_channels=config.min_channels)
     space = space_of(config)
-    smallest, _ = pruner.apply(space.uniform(pruner.groups, config.keep_min, "l1"))
-    min_flops, min_params = count_flops(smallest, example_input), count_params(smallest)
+    structural = [m for m in config.methods if m != "unstructured"]
+    if structural:  # unstructured sparsity alone never lowers FLOPs or the parameter count
+        smallest, _ = pruner.apply(space.uniform(pruner.groups, config.keep_min, "l1"))  # counts only
+        min_flops, min_params = count_flops(smallest, example_input), count_params(smallest)
+    else:
+        min_flops, min_params = dense_flops, dense_params
     if budget.flops < min_flops:
         raise UserError(
             f"budget_flops {config.budget_flops} = {human(budget.flops)} FLOPs is below the smallest this "

@@ -138,6 +138,7 @@ BAD = [
     (["--checkpoint", "BADCKPT"], "cannot load checkpoint"),
     (["--budget-flops", "0.01"], "is below the smallest this search space reaches"),
     (["--budget-flops", "half"], "budget_flops 'half' is not a number"),
+    (["--methods", "unstructured"], "is below the smallest this search space reaches"),  # sparsity keeps FLOPs
     (["--keep-step", "0.3"], "keep_step 0.3 must be > 0 and divide"),
 ]
 
