@@ -54,6 +54,11 @@ def prepare(study: optuna.Study, *, data_root: str | None = None) -> tuple[Searc
     from autoprune.pipeline import calibration_of, load_config_task
 
     info = studies.info(study)
+    if info["dense"].get("checkpoint") is None:
+        raise UserError(
+            f"study {study.study_name!r} was searched on an in-memory model through the Python API; apply its "
+            "policies in Python: autoprune.apply_policy(model, autoprune.Policy.from_dict(trial.user_attrs['policy']), ...)"
+        )
     config = SearchConfig.from_dict(info["config"], source="stored study config")
     if data_root:
         config.data_root = data_root

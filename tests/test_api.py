@@ -41,3 +41,8 @@ def test_search_and_apply_policy_in_process(tmp_path):
     assert autoprune.count_flops(pruned, task.example_input()) == best.values[1]
     assert resolved.channels() == best.user_attrs["channels"]
     assert pruned(task.val_x[:4]).shape == (4, 10)
+
+    # the CLI cannot rebuild an in-memory model: it says so instead of failing obscurely
+    from autoprune.cli import main
+
+    assert main(["apply", "--storage", storage, "--study", "api", "--best", "--quiet"]) == 2
