@@ -81,3 +81,21 @@ def test_sensitivity_and_derived_policy(setup):
     assert count_flops(pruned, task.example_input()) <= budget
     assert all(g.keep in levels for g in policy.groups.values())
     assert derived_policy(result, pruner, levels, 10) is None  # below the reachable minimum
+
+
+def test_clearly_over_budget_policies_are_rejected_without_pruning(setup):
+    task, _, pruner = setup
+    obj = objective(setup)
+    obj.budget = Budget(flops=1)  # nothing fits
+    calls = []
+    original = pruner.apply
+    pruner.apply = lambda policy: calls.append(policy) or original(policy)
+    try:
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        study.optimize(obj, n_trials=3)
+    finally:
+        pruner.apply = original
+    assert calls == []
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["feasible"] is False
+        assert t.user_attrs["flops_predicted"] > 1 and t.constraints["flops"] > 0
