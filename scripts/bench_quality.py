@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Benchmark: autoprune's search against the policies an engineer would pick by hand.
+
+For each task and FLOPs budget, every contender starts from the same dense checkpoint, gets
+the same recovery (BN recalibration + the same fine-tune steps, optimizer and seeds) and is
+evaluated on the TEST split, over several recovery seeds:
+
+  a) autoprune: best feasible policy (search-val accuracy) of a TPE search of N trials;
+  b) uniform:   one keep ratio for every group, L1 importance, ratio solved for the budget;
+  c) global:    Torch-Pruning's global magnitude ranking (BasePruner, global_pruning=True),
+                pruning ratio solved for the budget;
+  d) random:    best of N random feasible policies (random sampler, same trials and steps as a);
+  and the dense model given the same extra training.
+
+    python scripts/bench_quality.py --tasks smallcnn --budgets 0.1,0.2,0.5 --trials 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {"smallcnn": "smallcnn", "resnet20": "resnet20"}
+
+
+def bisect(flops_at, target: int, lo: float = 0.0, hi: float = 1.0, larger_is_bigger: bool = True, steps: int = 25) -> float:
+    """The ratio in [lo, hi] with the largest model whose FLOPs stay within ``target``."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        ok = flops_at(mid) <= target
+        if larger_is_bigger:
+            lo, hi = (mid, hi) if ok else (lo, mid)
+        else:
+            lo, hi = (lo, mid) if ok else (mid, hi)
+    return lo if larger_is_bigger else hi
+
+
+def uniform_model(pruner, target: int):
+    from autoprune.measure import count_flops
+    from autoprune.policy import GroupChoice, Policy
+
+    def policy(r: float) -> Policy:
+        return Policy({g.id: GroupChoice("l1", max(r, 1e-3)) for g in pruner.groups})
+
+    def flops(r: float) -> int:
+        return count_flops(pruner.apply(policy(r))[0], pruner.example_input)
+
+    r = bisect(flops, target, 0.0, 1.0, larger_is_bigger=True)
+    return pruner.apply(policy(r))[0], f"keep {r:.3f}"
+
+
+def global_model(dense, example, ignored: list[str], target: int):
+    """Torch-Pruning's own global magnitude pruning, ratio solved for the FLOPs target."""
+    import copy
+
+    import torch_pruning as tp
+
+    from autoprune.measure import count_flops
+
+    def prune(ratio: float):
+        model = copy.deepcopy(dense).eval()
+        modules = dict(model.named_modules())
+        pruner = tp.pruner.BasePruner(
+            model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
+            pruning_ratio=ratio, max_pruning_ratio=0.95, ignored_layers=[modules[n] for n in ignored],
+        )
+        pruner.step()
+        return model
+
+    ratio = bisect(lambda r: count_flops(prune(r), example), target, 0.0, 0.95, larger_is_bigger=False)
+    return prune(ratio), f"global ratio {ratio:.3f}"
+
+
+def search_best(config, sampler: str, trials: int, steps: int, budget: str, study: str, storage: str):
+    """Run (or top up) a search; return (best feasible policy, its trial, trials, CPU-seconds)."""
+    from autoprune import study as studies
+    from autoprune.config import SearchConfig
+    from autoprune.pipeline import run_search
+    from autoprune.policy import Policy
+
+    cfg = SearchConfig.from_dict({**config, "budget_flops": budget, "sampler": sampler, "trials": trials,
+                                  "finetune_steps": steps, "storage": storage, "study": study,
+                                  "warm_start": ["uniform"] if sampler == "tpe" else []})
+    done = 0
+    names = [s.study_name for s in studies.open_storage(storage).get_all_studies()]
+    if study in names:
+        done = len(studies.completed(studies.load(storage, study)))
+    if done < trials:
+        cfg.trials = trials - done
+        run_search(cfg, progress=True)
+    s = studies.load(storage, study)
+    best = studies.best_feasible(s)
+    trials_done = [t for t in s.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    cpu = sum(t.user_attrs.get("seconds", {}).get("total", 0.0) for t in trials_done)
+    return Policy.from_dict(best.user_attrs["policy"]), best, len(studies.completed(s)), cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default="smallcnn,resnet20")
+    p.add_argument("--budgets", default="0.1,0.2,0.5")
+    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--search-steps", type=int, default=150)
+    p.add_argument("--recovery-steps", type=int, default=430, help="one epoch of 55k images at batch 128")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--keep-min", type=float, default=0.125)
+    p.add_argument("--storage", default="sqlite:///results/bench_quality.db")
+    p.add_argument("--out", default=str(ROOT / "results" / "bench_quality.json"))
+    args = p.parse_args(argv)
+
+    import torch
+
+    from autoprune.baseline import get_dense
+    from autoprune.config import SearchConfig, resolve_budget
+    from autoprune.groups import resolve_ignore
+    from autoprune.measure import count_flops, count_params, latency_ms
+    from autoprune.pipeline import calibration_of, load_config_task
+    from autoprune.prune import Pruner
+    from autoprune.train import evaluate, finetune, recalibrate_bn
+
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for task_name in args.tasks.split(","):
+        # keep_min 0.125: at 0.1 of dense FLOPs, keep 0.25 everywhere is not small enough
+        base = {"model": TASKS[task_name], "dataset": "fashion-mnist", "keep_min": args.keep_min}
+        config = SearchConfig.from_dict({**base, "budget_flops": "1"})  # budget-free: task and dense only
+        task = load_config_task(config)
+        example = task.example_input()
+        dense = get_dense(config, task).model
+        ignored = resolve_ignore(dense, [])
+        # the same calibration images as the search, for taylor / activation policies
+        pruner = Pruner(dense, example, ignored=ignored, calibration=calibration_of(config, task.train_x, task.train_y),
+                        seed=config.seed, min_channels=config.min_channels)
+        dense_flops = count_flops(dense, example)
+
+        def recover(model, seed: int, task=task) -> float:
+            import copy
+
+            m = copy.deepcopy(model)
+            recalibrate_bn(m, task.train_x, num_batches=20, seed=seed)
+            finetune(m, task.train_x, task.train_y, steps=args.recovery_steps, seed=seed, lr=0.01)
+            return evaluate(m, task.test_x, task.test_y)
+
+        def row(name: str, model, note: str, compute: str = "", example=example) -> dict:
+            accs = [recover(model, seed) for seed in range(args.seeds)]
+            return {"contender": name, "note": note, "test_acc_mean": statistics.mean(accs),
+                    "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "accs": accs,
+                    "flops": count_flops(model, example), "params": count_params(model),
+                    "latency_ms": latency_ms(model, example, batch=64, repeats=30), "search": compute}
+
+        task_res = results.setdefault(task_name, {})
+        if "dense" not in task_res:
+            task_res["dense"] = row("dense + same extra training", dense, "")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
+        for budget in args.budgets.split(","):
+            target = resolve_budget(budget, dense_flops)
+            rows = [task_res["dense"]]
+            t0 = time.process_time()
+            policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
+                                               f"{task_name}-{budget}-tpe", args.storage)
+            rows.append(row("a) autoprune (TPE)", pruner.apply(policy)[0], f"trial {best.number}",
+                            f"{n} trials, {cpu:.0f} s"))
+            model, note = uniform_model(pruner, target)
+            rows.append(row("b) uniform L1", model, note, "none"))
+            model, note = global_model(dense, example, ignored, target)
+            rows.append(row("c) global magnitude (Torch-Pruning)", model, note, "none"))
+            policy, best, n, cpu = search_best(base, "random", args.trials, args.search_steps, budget,
+                                               f"{task_name}-{budget}-random", args.storage)
+            rows.append(row("d) random feasible (best of N)", pruner.apply(policy)[0], f"trial {best.number}",
+                            f"{n} trials, {cpu:.0f} s"))
+            task_res[budget] = {"target_flops": target, "rows": rows, "bench_cpu_s": time.process_time() - t0}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
+            print(format_table(task_name, budget, target, dense_flops, rows, args))
+    return 0
+
+
+def format_table(task: str, budget: str, target: int, dense_flops: int, rows: list[dict], args) -> str:
+    from autoprune.config import human
+
+    lines = [f"\n{task} on Fashion-MNIST, budget {budget} ({human(target)} of {human(dense_flops)} FLOPs); "
+             f"recovery {args.recovery_steps} steps x {args.seeds} seeds; test split",
+             "| contender | test acc (mean ± std) | FLOPs | params | latency b64 (ms) | search compute | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['contender']} | {100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f} | "
+                     f"{human(r['flops'])} | {human(r['params'])} | {r['latency_ms']:.2f} | {r['search']} | {r['note']} |")
+    base = max(rows[2:], key=lambda r: r["test_acc_mean"])
+    a, dense = rows[1]["test_acc_mean"], rows[0]["test_acc_mean"]
+    gap = dense - base["test_acc_mean"]
+    need = min(0.01, gap / 2)
+    lines.append(f"best baseline: {base['contender']}; autoprune {100 * (a - base['test_acc_mean']):+.2f} pt "
+                 f"(target >= {100 * need:+.2f} pt: {'met' if a - base['test_acc_mean'] >= need else 'NOT met'})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
