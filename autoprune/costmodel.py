@@ -11,14 +11,13 @@ budget, and the exact fvcore count of the pruned network is still what gets reco
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from autoprune.groups import build_graph, iter_tp_groups
+from autoprune.measure import flop_analysis
 
 
 def _size(module: nn.Module, side: str) -> int | None:
@@ -31,8 +30,6 @@ def _size(module: nn.Module, side: str) -> int | None:
 
 class FlopsPredictor:
     def __init__(self, model: nn.Module, example_input: torch.Tensor, *, ignored: Sequence[str]) -> None:
-        from fvcore.nn import FlopCountAnalysis
-
         graph = build_graph(model, example_input)
         names = {m: n for n, m in model.named_modules()}
         modules = dict(model.named_modules())
@@ -49,17 +46,8 @@ class FlopsPredictor:
                 if side:
                     sides.setdefault((name, side), {})
                     sides[(name, side)][gid] = sides[(name, side)].get(gid, 0) + len(idxs)
-        was_training = model.training
-        model.eval()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            logging.getLogger("fvcore").setLevel(logging.ERROR)
-            analysis = FlopCountAnalysis(model, example_input[:1])
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            per_module = analysis.by_module()
-            total = analysis.total()
-        model.train(was_training)
+        analysis = flop_analysis(model, example_input)
+        per_module, total = analysis.by_module(), analysis.total()
         self.terms: list[tuple[float, list[tuple[str, float]], list[tuple[str, float]]]] = []
         leaf_sum = 0
         for name, module in modules.items():

@@ -16,6 +16,7 @@ import logging
 import statistics
 import time
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,8 +24,9 @@ from torch import nn
 FLOP_CONVENTION = "fvcore FlopCountAnalysis, batch 1, eval mode; 1 multiply-add = 1 flop; BatchNorm (2/element) and adaptive avg pooling (1/element) counted, max pooling and activations not"
 
 
-def count_flops(model: nn.Module, example_input: torch.Tensor) -> int:
-    """fvcore FLOPs of one forward pass on ``example_input`` (see the module docstring)."""
+def flop_analysis(model: nn.Module, example_input: torch.Tensor) -> Any:
+    """fvcore's FlopCountAnalysis of one forward pass on ``example_input[:1]`` in eval mode,
+    already run (total and per-module counts cached), with its warnings silenced."""
     from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
@@ -36,9 +38,15 @@ def count_flops(model: nn.Module, example_input: torch.Tensor) -> int:
             analysis = FlopCountAnalysis(model, example_input[:1])
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
-            return int(analysis.total())
+            analysis.total()  # runs the trace while warnings are silenced
+            return analysis
     finally:
         model.train(was_training)
+
+
+def count_flops(model: nn.Module, example_input: torch.Tensor) -> int:
+    """fvcore FLOPs of one forward pass on ``example_input`` (see the module docstring)."""
+    return int(flop_analysis(model, example_input).total())
 
 
 def count_params(model: nn.Module) -> int:
