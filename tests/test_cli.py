@@ -217,3 +217,21 @@ def test_config_file(tmp_path, monkeypatch, capsys):
 
         config = SearchConfig.from_sources(toml_path=str(Path(__file__).resolve().parents[1] / "studies" / name))
         assert config.dataset == "fashion-mnist" and config.budget_flops in ("0.5", "0.4")
+
+
+def test_sensitivity_command_and_sensitivity_warm_start(searched, monkeypatch, capsys):
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)  # the dense baseline is cached there by the search above
+    assert main(["sensitivity", *FAST, "--budget-flops", "0.4", "--study", "sens"]) == 0
+    out = capsys.readouterr().out
+    assert "search-val accuracy after pruning one group" in out and "policy for" in out
+    result = json.loads((searched / "studies" / "sens" / "sensitivity.json").read_text())
+    assert len(result["groups"]) == 5 and (searched / "studies" / "sens" / "sensitivity.png").exists()
+
+    assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "2", "--study", "ws",
+                 "--warm-start", "uniform,sensitivity"]) == 0
+    study = optuna.load_study(study_name="ws", storage=f"sqlite:///{searched}/studies/ws.db")
+    starts = [t.user_attrs.get("warm_start", "") for t in study.trials[:2]]
+    assert starts[0].startswith("uniform l1") and starts[1] == "sensitivity l1"
+    assert "sensitivity" in study.user_attrs

@@ -99,3 +99,17 @@ def test_clearly_over_budget_policies_are_rejected_without_pruning(setup):
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["feasible"] is False
         assert t.user_attrs["flops_predicted"] > 1 and t.constraints["flops"] > 0
+
+
+def test_a_distilled_trial_runs_and_is_recorded(setup):
+    task, _, pruner = setup
+    obj = Objective(
+        pruner=pruner, space=Space(levels=(0.5, 0.75, 1.0), methods=("l1",), distill="search"), budget=Budget(flops=10**9),
+        train=(task.train_x, task.train_y), val=(task.val_x, task.val_y), settings=TrialSettings(finetune_steps=3, batch_size=64),
+    )
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial({"distill": True})
+    study.optimize(obj, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.params["distill"] is True and trial.user_attrs["policy"]["distill"] is True
