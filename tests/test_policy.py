@@ -56,7 +56,10 @@ def test_reapplying_a_policy_is_bit_for_bit_identical(resnet):
     # replaying the resolved policy (kept indices stored) needs no calibration data
     c, _ = apply_policy(resnet, ra, example_input=torch.zeros(1, 1, 8, 8))
     assert all(torch.equal(sa[k], v) for k, v in c.state_dict().items())
-    assert not any(torch.equal(p1, p2) for p1, p2 in [(sa["fc.weight"], resnet.state_dict()["fc.weight"])])
+    # and the replayed model really is the smaller one: the stage-3 stream feeds fc
+    stream = ra.groups["layers.6.shortcut.0"]
+    assert stream.kept == round(64 * stream.keep) < 64
+    assert c.fc.in_features == stream.kept < resnet.fc.in_features
 
 
 def test_channel_counts_after_a_policy(resnet):
