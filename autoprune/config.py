@@ -18,6 +18,7 @@ from typing import Any
 from autoprune.errors import UserError, unknown_choice
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
+SPACES = ("fill", "free")
 DISTILL = ("off", "on", "search")
 WARM_STARTS = ("uniform", "sensitivity")
 DEFAULT_METHODS = ("l1", "l2", "fpgm", "taylor", "activation")
@@ -49,6 +50,7 @@ class SearchConfig:
     seed: int = 0
     threads: int | None = None
     # space
+    space: str = "fill"  # "fill": relative widths scaled to spend the budget; "free": absolute keep levels
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     keep_min: float = 0.25
     keep_max: float = 1.0
@@ -147,6 +149,8 @@ class SearchConfig:
             raise unknown_choice("dataset", self.dataset, dataset_names())
         if self.sampler not in SAMPLERS:
             raise unknown_choice("sampler", self.sampler, SAMPLERS)
+        if self.space not in SPACES:
+            raise unknown_choice("search space", self.space, SPACES)
         if self.distill not in DISTILL:
             raise unknown_choice("distill setting", self.distill, DISTILL)
         for kind in self.warm_start:

@@ -25,7 +25,7 @@ from autoprune.measure import FLOP_CONVENTION, count_flops, count_params
 from autoprune.objective import Budget, Objective, TrialSettings
 from autoprune.policy import Policy
 from autoprune.prune import Pruner
-from autoprune.space import Space
+from autoprune.space import Space, widths_of
 from autoprune.train import evaluate
 
 
@@ -73,7 +73,8 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) ->
 
 
 def space_of(config: SearchConfig) -> Space:
-    return Space(levels=tuple(config.keep_levels), methods=tuple(config.methods), distill=config.distill)
+    return Space(levels=tuple(config.keep_levels), methods=tuple(config.methods), distill=config.distill,
+                 shape=config.space)
 
 
 def calibration_of(config: SearchConfig, x: torch.Tensor, y: torch.Tensor) -> Calibration:
@@ -104,7 +105,11 @@ def warm_start(
         return count_flops(model, example_input) <= budget.flops and (
             budget.params is None or count_params(model) <= budget.params)
 
-    if "uniform" in config.warm_start:
+    if "uniform" in config.warm_start and space.shape == "fill":
+        # width 0 everywhere: the scale is solved at the trial, so this is uniform at the budget
+        uniform = space.uniform(pruner.groups, 1.0, method)
+        study.enqueue_trial(space.params_for(uniform), user_attrs={"warm_start": f"uniform {method} at the budget"})
+    elif "uniform" in config.warm_start:
         for keep in sorted(space.levels, reverse=True):
             policy = space.uniform(pruner.groups, keep, method)
             if fits(policy):
@@ -117,7 +122,8 @@ def warm_start(
         policy = sensitivity.derived_policy(result, pruner, list(space.levels), budget.flops)
         if policy is not None and fits(policy):
             policy = Policy(policy.groups, distill=space.distill == "on")
-            study.enqueue_trial(space.params_for(policy), user_attrs={"warm_start": f"sensitivity {method}"})
+            study.enqueue_trial(space.params_for(policy, widths_of(policy)),
+                                user_attrs={"warm_start": f"sensitivity {method}"})
 
 
 def search_model(

@@ -19,7 +19,7 @@ from autoprune.objective import METRIC_NAMES
 ATTR = "autoprune"
 #: Config fields that define what a study compares; resuming with other values is refused.
 IDENTITY = ("model", "dataset", "checkpoint", "val_size", "split_seed", "budget_flops", "budget_params",
-            "params_objective", "methods", "keep_min", "keep_max", "keep_step", "round_to",
+            "params_objective", "space", "methods", "keep_min", "keep_max", "keep_step", "round_to",
             "min_channels", "ignore", "distill", "finetune_steps", "seed", "image_size")
 
 

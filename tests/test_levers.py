@@ -115,3 +115,45 @@ def test_a_distilled_trial_runs_and_is_recorded(setup):
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.params["distill"] is True and trial.user_attrs["policy"]["distill"] is True
+
+
+def test_fill_space_spends_the_budget_wherever_the_widths_put_it(setup):
+    """Every sampled ``fill`` policy meets the budget exactly as fvcore counts it and uses
+    most of it; width 0 everywhere is uniform pruning; wider groups keep more channels."""
+    task, model, pruner = setup
+    dense_flops = count_flops(model, pruner.example_input)
+    budget = int(0.3 * dense_flops)
+    obj = Objective(
+        pruner=pruner, space=Space(levels=(0.125, 1.0), methods=("l1",), shape="fill"), budget=Budget(flops=budget),
+        train=(task.train_x, task.train_y), val=(task.val_x, task.val_y), settings=TrialSettings(finetune_steps=1),
+    )
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        trial = study.ask()
+        policy = obj.space.suggest(trial, pruner.groups, obj.fit)
+        flops = count_flops(pruner.apply(policy)[0], pruner.example_input)
+        assert 0.85 * budget < flops <= budget, (flops, budget, policy)
+        study.tell(trial, [0.0, flops])
+    ids = [g.id for g in pruner.groups]
+    uniform = obj.fit({g: 1.0 for g in ids}, "l1")
+    assert len({c.keep for c in uniform.groups.values()}) == 1
+    skewed = obj.fit({g: (4.0 if g == ids[-1] else 1.0) for g in ids}, "l1")
+    assert skewed.groups[ids[-1]].keep > uniform.groups[ids[-1]].keep
+    assert skewed.groups[ids[0]].keep < uniform.groups[ids[0]].keep
+
+
+def test_fill_space_warm_start_is_uniform_at_the_budget(setup):
+    from autoprune.config import SearchConfig
+    from autoprune.pipeline import space_of, warm_start
+
+    task, model, pruner = setup
+    config = SearchConfig.from_dict({"model": "smallcnn", "dataset": "digits", "budget_flops": "0.3", "keep_min": 0.125})
+    space = space_of(config)
+    assert space.shape == "fill"
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    budget = Budget(flops=int(0.3 * count_flops(model, pruner.example_input)))
+    warm_start(study, pruner, space, budget, config, task.train_x, (task.val_x, task.val_y))
+    (queued,) = study.get_trials(deepcopy=False)
+    fixed = queued.system_attrs["fixed_params"]
+    assert {k: v for k, v in fixed.items() if k.endswith(":width")} == {f"{g.id}:width": 0 for g in pruner.groups}
+    assert {v for k, v in fixed.items() if k.endswith(":method")} == {"l1"}
