@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""How well does a trial's cheap score predict the fully recovered accuracy?
+"""How well does a trial's cheap score predict the fully recovered accuracy, and how much
+does the policy matter at all?
 
-Samples K random feasible policies at a FLOPs budget and, for each, scores search-val
-accuracy after BN recalibration alone and after short fine-tunes of several lengths (each its
-own cosine schedule, as in a trial), then the TEST accuracy after the full recovery. Prints the
-Spearman rank correlation of each proxy with the recovered accuracy, and its cost.
+Samples K random policies at a FLOPs budget (``--space fill``: random relative widths scaled
+to spend the budget, as the default search samples them; ``free``: random keep levels that
+fit), all L1. For each: search-val accuracy after BN recalibration alone and after short
+fine-tunes of several lengths (each its own cosine schedule, as in a trial), then the TEST
+accuracy after the full recovery with several seeds. Prints the Spearman rank correlation of
+each proxy with the recovered accuracy (mean over seeds) and its cost, and compares the
+spread of recovered accuracy *between* policies with the seed-to-seed noise *within* one:
+where the first is not much larger, no search over policies can beat uniform by much.
 
-    python scripts/bench_proxy.py --budget 0.2 --policies 16 --steps 0,50,150,300 --recovery 430
+    python scripts/bench_proxy.py --budget 0.1 --policies 12 --steps 0,50,150,300 --recovery 430 --seeds 2
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import copy
 import json
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,12 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smallcnn")
-    p.add_argument("--budget", default="0.2")
-    p.add_argument("--policies", type=int, default=16)
+    p.add_argument("--budget", default="0.1")
+    p.add_argument("--space", default="fill", choices=("fill", "free"))
+    p.add_argument("--policies", type=int, default=12)
     p.add_argument("--steps", default="0,50,150,300")
     p.add_argument("--recovery", type=int, default=430)
+    p.add_argument("--seeds", type=int, default=2, help="recovery seeds per policy (>= 2 to see the noise)")
+    p.add_argument("--keep-min", type=float, default=0.125)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "results" / "bench_proxy.json"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="default results/bench_proxy-<model>-<budget>.json")
     args = p.parse_args(argv)
 
     import torch
@@ -38,31 +48,40 @@ def main(argv: list[str] | None = None) -> int:
 
     from autoprune.baseline import get_dense
     from autoprune.config import SearchConfig, resolve_budget
+    from autoprune.costmodel import FlopsPredictor
     from autoprune.groups import resolve_ignore
     from autoprune.measure import count_flops
     from autoprune.pipeline import load_config_task
     from autoprune.policy import GroupChoice, Policy
     from autoprune.prune import Pruner
+    from autoprune.space import WIDTH_RANGE, fill_budget, width
     from autoprune.train import evaluate, finetune, recalibrate_bn
 
-    torch.set_num_threads(2)
-    config = SearchConfig.from_dict({"model": args.model, "budget_flops": args.budget})
+    torch.set_num_threads(args.threads)
+    config = SearchConfig.from_dict({"model": args.model, "budget_flops": args.budget, "keep_min": args.keep_min})
     task = load_config_task(config)
     example = task.example_input()
     dense = get_dense(config, task).model
-    pruner = Pruner(dense, example, ignored=resolve_ignore(dense, []), min_channels=config.min_channels)
+    ignored = resolve_ignore(dense, [])
+    pruner = Pruner(dense, example, ignored=ignored, min_channels=config.min_channels)
+    predictor = FlopsPredictor(dense, example, ignored=ignored)
     target = resolve_budget(args.budget, count_flops(dense, example))
     rng = random.Random(args.seed)
     policies = []
-    while len(policies) < args.policies:  # random feasible policies, L1, on the search grid
-        policy = Policy({g.id: GroupChoice("l1", rng.choice(config.keep_levels)) for g in pruner.groups})
+    while len(policies) < args.policies:
+        if args.space == "fill":
+            widths = {g.id: width(rng.randint(-WIDTH_RANGE, WIDTH_RANGE)) for g in pruner.groups}
+            policy = fill_budget(widths, "l1", budget=target, keep_min=args.keep_min,
+                                 predict=lambda pol: predictor.predict(pruner.resolve(pol, indices=False).channels()))
+        else:
+            policy = Policy({g.id: GroupChoice("l1", rng.choice(config.keep_levels)) for g in pruner.groups})
         if count_flops(pruner.apply(policy)[0], example) <= target:
             policies.append(policy)
     steps = [int(s) for s in args.steps.split(",")]
     rows, cost = [], {s: 0.0 for s in steps}
     for i, policy in enumerate(policies):
-        base, _ = pruner.apply(policy)
-        row = {"policy": {gid: g.keep for gid, g in policy.groups.items()}, "flops": count_flops(base, example)}
+        base, resolved = pruner.apply(policy)
+        row = {"channels": resolved.channels(), "flops": count_flops(base, example)}
         for s in steps:
             t = time.perf_counter()
             m = copy.deepcopy(base)
@@ -70,27 +89,41 @@ def main(argv: list[str] | None = None) -> int:
             finetune(m, task.train_x, task.train_y, steps=s, seed=0)
             row[f"val_after_{s}"] = evaluate(m, task.val_x, task.val_y)
             cost[s] += time.perf_counter() - t
-        m = copy.deepcopy(base)
-        recalibrate_bn(m, task.train_x, num_batches=20, seed=0)
-        finetune(m, task.train_x, task.train_y, steps=args.recovery, seed=0)
-        row["test_recovered"] = evaluate(m, task.test_x, task.test_y)
+        accs = []
+        for seed in range(args.seeds):
+            m = copy.deepcopy(base)
+            recalibrate_bn(m, task.train_x, num_batches=20, seed=seed)
+            finetune(m, task.train_x, task.train_y, steps=args.recovery, seed=seed)
+            accs.append(evaluate(m, task.test_x, task.test_y))
+        row["test_recovered"] = accs
+        row["test_recovered_mean"] = statistics.mean(accs)
         rows.append(row)
-        print(f"policy {i + 1}/{len(policies)}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("val", "test"))),
-              file=sys.stderr)
-    final = [r["test_recovered"] for r in rows]
-    print(f"\n{args.model}, budget {args.budget}, {len(rows)} random feasible policies; recovery {args.recovery} steps\n")
+        print(f"policy {i + 1}/{len(policies)} {row['channels']} {row['flops']:,} FLOPs: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val"))
+              + ", test recovered " + " ".join(f"{a:.4f}" for a in accs), file=sys.stderr, flush=True)
+    final = [r["test_recovered_mean"] for r in rows]
+    print(f"\n{args.model}, budget {args.budget} ({target:,} FLOPs), {len(rows)} random '{args.space}' policies; "
+          f"recovery {args.recovery} steps x {args.seeds} seeds; {args.threads} thread(s)\n")
     print("| proxy (search-val) | Spearman rho vs recovered test acc | seconds per policy |")
     print("|---|---|---|")
-    summary = {}
+    summary: dict[str, object] = {}
     for s in steps:
         rho = spearmanr([r[f"val_after_{s}"] for r in rows], final).statistic
-        summary[s] = {"rho": rho, "seconds": cost[s] / len(rows)}
+        summary[str(s)] = {"rho": rho, "seconds": cost[s] / len(rows)}
         label = "BN recalibration only" if s == 0 else f"{s} fine-tune steps"
         print(f"| {label} | {rho:.3f} | {cost[s] / len(rows):.1f} |")
-    out = Path(args.out)
+    between = statistics.stdev(final)
+    within = statistics.mean(statistics.stdev(r["test_recovered"]) for r in rows) if args.seeds > 1 else float("nan")
+    summary["spread"] = {"between_policies_std": between, "within_policy_seed_std": within,
+                         "best": max(final), "worst": min(final), "median": statistics.median(final)}
+    print(f"\nrecovered test accuracy over policies: best {100 * max(final):.2f}, median "
+          f"{100 * statistics.median(final):.2f}, worst {100 * min(final):.2f}; std between policies "
+          f"{100 * between:.2f} pt, seed std within a policy {100 * within:.2f} pt")
+    out = Path(args.out or ROOT / "results" / f"bench_proxy-{args.model}-{args.budget}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "budget": args.budget, "recovery": args.recovery,
-                               "summary": summary, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"model": args.model, "budget": args.budget, "space": args.space,
+                               "recovery": args.recovery, "seeds": args.seeds, "summary": summary, "rows": rows},
+                              indent=1))
     return 0
 
 

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Torch CPU threads per worker: trial time and its spread, 1 thread against N, side by side.
+
+Runs the same trial (a fixed uniform policy at the budget: prune, BN recalibration, short
+fine-tune, evaluation) alternately with each thread count, several rounds, in one process.
+Also runs W worker processes at once (as ``autoprune search`` workers sharing one study
+would), each with T threads, and reports their aggregate trials per minute.
+
+    python scripts/bench_threads.py --threads 1,2 --rounds 3 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup(budget: str):
+    from autoprune.baseline import get_dense
+    from autoprune.config import SearchConfig, resolve_budget
+    from autoprune.groups import resolve_ignore
+    from autoprune.measure import count_flops
+    from autoprune.pipeline import load_config_task
+    from autoprune.prune import Pruner
+
+    config = SearchConfig.from_dict({"model": "smallcnn", "budget_flops": budget})
+    task = load_config_task(config)
+    example = task.example_input()
+    dense = get_dense(config, task).model
+    pruner = Pruner(dense, example, ignored=resolve_ignore(dense, []), min_channels=config.min_channels)
+    target = resolve_budget(budget, count_flops(dense, example))
+    return task, pruner, target
+
+
+def one_trial(task, pruner, target: int, steps: int) -> float:
+    from autoprune.costmodel import FlopsPredictor
+    from autoprune.space import fill_budget
+    from autoprune.train import evaluate, finetune, recalibrate_bn
+
+    t = time.perf_counter()
+    predictor = FlopsPredictor(pruner.dense, pruner.example_input, ignored=pruner.ignored)
+    policy = fill_budget({g.id: 1.0 for g in pruner.groups}, "l1", budget=target, keep_min=0.125,
+                         predict=lambda p: predictor.predict(pruner.resolve(p, indices=False).channels()))
+    model, _ = pruner.apply(policy)
+    recalibrate_bn(model, task.train_x, num_batches=20, seed=0)
+    finetune(model, task.train_x, task.train_y, steps=steps, seed=0)
+    evaluate(model, task.val_x, task.val_y)
+    return time.perf_counter() - t
+
+
+def worker(threads: int, budget: str, steps: int, trials: int, ready, go, done) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    task, pruner, target = setup(budget)
+    ready.put(True)
+    go.wait()
+    t = time.perf_counter()
+    for _ in range(trials):
+        one_trial(task, pruner, target, steps)
+    done.put(time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--budget", default="0.2")
+    p.add_argument("--workers", type=int, default=2, help="also time this many concurrent workers (0 = skip)")
+    p.add_argument("--out", default=str(ROOT / "results" / "bench_threads.json"))
+    args = p.parse_args(argv)
+
+    import torch
+
+    counts = [int(t) for t in args.threads.split(",")]
+    task, pruner, target = setup(args.budget)
+    times: dict[int, list[float]] = {t: [] for t in counts}
+    for _ in range(args.rounds):
+        for t in counts:
+            torch.set_num_threads(t)
+            times[t].append(one_trial(task, pruner, target, args.steps))
+    result: dict[str, object] = {"steps": args.steps, "budget": args.budget, "single": {}}
+    print(f"one process, one trial (smallcnn at {args.budget} of dense FLOPs, {args.steps} fine-tune steps), "
+          f"{args.rounds} rounds alternating:")
+    print("| threads | median s | min s | max s | spread (max-min)/median |")
+    print("|---|---|---|---|---|")
+    for t in counts:
+        med = statistics.median(times[t])
+        result["single"][t] = {"seconds": times[t], "median": med}
+        print(f"| {t} | {med:.1f} | {min(times[t]):.1f} | {max(times[t]):.1f} | {(max(times[t]) - min(times[t])) / med:.2f} |")
+    if args.workers:
+        ctx = mp.get_context("spawn")
+        result["workers"] = {}
+        print(f"\n{args.workers} concurrent workers, {args.rounds} trials each:")
+        print("| threads per worker | wall s | trials per minute (all workers) |")
+        print("|---|---|---|")
+        for t in counts:
+            ready, go, done = ctx.Queue(), ctx.Event(), ctx.Queue()
+            procs = [ctx.Process(target=worker, args=(t, args.budget, args.steps, args.rounds, ready, go, done))
+                     for _ in range(args.workers)]
+            for proc in procs:
+                proc.start()
+            for _ in procs:
+                ready.get()  # every worker has loaded its data
+            go.set()
+            start = time.perf_counter()
+            spans = [done.get() for _ in procs]
+            wall = time.perf_counter() - start
+            for proc in procs:
+                proc.join()
+            rate = 60 * args.workers * args.rounds / wall
+            result["workers"][t] = {"wall": wall, "per_worker": spans, "trials_per_min": rate}
+            print(f"| {t} | {wall:.1f} | {rate:.2f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
