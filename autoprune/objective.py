@@ -23,6 +23,8 @@ METRIC_NAMES = ("accuracy", "flops", "params")
 #: A policy whose predicted FLOPs exceed the budget by more than this fraction is rejected
 #: without pruning (the predictor errs high, by under 0.1% on the models tested).
 PREDICTION_MARGIN = 0.01
+#: At the early-stop check, earlier trials with up to this fraction more FLOPs are rivals too.
+EARLY_STOP_FLOPS_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class Objective:
         should_prune do not work in multi-objective studies. After ``early_stop`` of the
         fine-tune steps, the trial is scored on a few search-val images; it stops if an
         earlier trial with no more FLOPs scored ``early_stop_margin`` higher at the same
-        point (dominated at the check, by a margin)."""
+        point (dominated at the check, by a margin; FLOPs within 2% count as no more)."""
         s = self.settings
         if s.early_stop <= 0 or s.finetune_steps < 2:
             return None
@@ -114,7 +116,9 @@ class Objective:
             ]
             if len(checked) < s.early_stop_min_trials:
                 return True
-            rivals = [t for t in checked if t.values[1] <= flops]
+            # FLOPs within EARLY_STOP_FLOPS_TOLERANCE count as equal: in a 'fill' space every
+            # trial sits just under the budget, a few hundred FLOPs apart
+            rivals = [t for t in checked if t.values[1] <= flops * (1 + EARLY_STOP_FLOPS_TOLERANCE)]
             if not rivals:
                 return True
             best = max(rivals, key=lambda t: t.user_attrs["accuracy_at_check"])

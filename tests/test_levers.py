@@ -46,6 +46,7 @@ def test_early_stop_stops_only_trials_dominated_at_the_check(setup):
     assert state["accuracy"] < 0.98
     state = {}
     assert obj._check(study.ask(), model, 900, state)[1]() is True  # nothing cheaper to compare with
+    assert obj._check(study.ask(), model, 990, {})[1]() is False  # 1000 FLOPs is within the 2% tolerance
     assert objective(setup)._check(study.ask(), model, 2500, {}) is None  # off by default
 
 
