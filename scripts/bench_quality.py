@@ -117,9 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--early-stop", type=float, default=0.0,
                    help="also run (a) with early stopping after this fraction of the fine-tune steps")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadier on a shared 2-core box)")
+    p.add_argument("--contenders", default="a,b,c,d", help="which of a,b,c,d to run (default all)")
+    p.add_argument("--plot-only", action="store_true", help="redraw the plots from --out and exit")
     p.add_argument("--storage", default="sqlite:///results/bench_quality.db")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_quality.json"))
     args = p.parse_args(argv)
+
+    out = Path(args.out)
+    if args.plot_only:
+        for task_name, task_res in json.loads(out.read_text()).items():
+            print(plot(task_name, task_res, out.with_name(f"{out.stem}-{task_name}.png")))
+        return 0
 
     import torch
 
@@ -132,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.train import evaluate, finetune, recalibrate_bn
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     for task_name in args.tasks.split(","):
         # keep_min 0.125: at 0.1 of dense FLOPs, keep 0.25 everywhere is not small enough
@@ -173,29 +180,73 @@ def main(argv: list[str] | None = None) -> int:
             rows = [task_res["dense"]]
             t0 = time.process_time()
             tag = f"{task_name}-{budget}-{args.space}-{args.trials}"
-            policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
-                                               f"{tag}-tpe", args.storage)
-            rows.append(row("a) autoprune (TPE)", pruner.apply(policy)[0], f"trial {best.number}",
-                            f"{n} trials, {cpu:.0f} s"))
+            which = set(args.contenders.split(","))
+            if "a" in which:
+                policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
+                                                   f"{tag}-tpe", args.storage)
+                rows.append(row("a) autoprune (TPE)", pruner.apply(policy)[0], f"trial {best.number}",
+                                f"{n} trials, {cpu:.0f} s"))
             if args.early_stop:
                 policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
                                                    f"{tag}-tpe-es{args.early_stop}", args.storage, args.early_stop)
                 rows.append(row(f"a') autoprune (TPE), early stop at {args.early_stop}", pruner.apply(policy)[0],
                                 f"trial {best.number}", f"{n} trials, {cpu:.0f} s"))
-            model, note = uniform_model(pruner, target)
-            rows.append(row("b) uniform L1", model, note, "none"))
-            model, note = global_model(dense, example, ignored, target)
-            rows.append(row("c) global magnitude (Torch-Pruning)", model, note, "none"))
-            policy, best, n, cpu = search_best(base, "random", args.trials, args.search_steps, budget,
-                                               f"{tag}-random", args.storage)
-            rows.append(row("d) random feasible (best of N)", pruner.apply(policy)[0], f"trial {best.number}",
-                            f"{n} trials, {cpu:.0f} s"))
+            if "b" in which:
+                model, note = uniform_model(pruner, target)
+                rows.append(row("b) uniform L1", model, note, "none"))
+            if "c" in which:
+                model, note = global_model(dense, example, ignored, target)
+                rows.append(row("c) global magnitude (Torch-Pruning)", model, note, "none"))
+            if "d" in which:
+                policy, best, n, cpu = search_best(base, "random", args.trials, args.search_steps, budget,
+                                                   f"{tag}-random", args.storage)
+                rows.append(row("d) random feasible (best of N)", pruner.apply(policy)[0], f"trial {best.number}",
+                                f"{n} trials, {cpu:.0f} s"))
             task_res[budget] = {"target_flops": target, "rows": rows, "bench_cpu_s": time.process_time() - t0,
                                 "settings": {k: v for k, v in vars(args).items() if k not in ("out", "storage")}}
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=1))
             print(format_table(task_name, budget, target, dense_flops, rows, args))
+        print(plot(task_name, task_res, out.with_name(f"{out.stem}-{task_name}.png")))
     return 0
+
+
+def plot(task: str, task_res: dict, path: Path) -> Path:
+    """Test accuracy against FLOPs: every contender at every budget, mean and std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = task_res["dense"]
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for budget, res in sorted(((b, r) for b, r in task_res.items() if b != "dense"), key=lambda kv: float(kv[0])):
+        for r in res["rows"][1:]:
+            name = r["contender"].split(" (")[0] if r["contender"].startswith("a") else r["contender"]
+            series.setdefault(name, []).append(
+                (r["flops"] / dense["flops"], 100 * r["test_acc_mean"], 100 * r["test_acc_std"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"a)": ("o", "C3"), "a'": ("v", "C4"), "b)": ("s", "C0"), "c)": ("^", "C2"), "d)": ("D", "C1")}
+    for name, pts in series.items():
+        marker, color = styles.get(name[:2], ("x", "C7"))
+        xs, ys, es = zip(*pts, strict=True)
+        ax.errorbar(xs, ys, yerr=es, marker=marker, color=color, capsize=3, label=name,
+                    linestyle="-" if name.startswith("a)") else ":")
+    ax.axhline(100 * dense["test_acc_mean"], color="k", linestyle="--", linewidth=1,
+               label=f"dense + same extra training ({100 * dense['test_acc_mean']:.2f})")
+    ax.set_xscale("log")
+    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.xaxis.set_major_formatter(fmt)
+    ax.xaxis.set_minor_formatter(fmt)
+    ax.set_xlabel("FLOPs (fraction of dense, log scale)")
+    ax.set_ylabel("test accuracy after recovery (%)")
+    ax.set_title(f"{task} on Fashion-MNIST: same dense start, same recovery, 3 seeds")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def format_table(task: str, budget: str, target: int, dense_flops: int, rows: list[dict], args) -> str:
@@ -208,7 +259,10 @@ def format_table(task: str, budget: str, target: int, dense_flops: int, rows: li
     for r in rows:
         lines.append(f"| {r['contender']} | {100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f} | "
                      f"{human(r['flops'])} | {human(r['params'])} | {r['latency_ms']:.2f} | {r['search']} | {r['note']} |")
-    base = max((r for r in rows[2:] if not r["contender"].startswith("a")), key=lambda r: r["test_acc_mean"])
+    baselines = [r for r in rows[1:] if not r["contender"].startswith("a")]
+    if not baselines or not rows[1]["contender"].startswith("a)"):
+        return "\n".join(lines)
+    base = max(baselines, key=lambda r: r["test_acc_mean"])
     a, dense = rows[1]["test_acc_mean"], rows[0]["test_acc_mean"]
     gap = dense - base["test_acc_mean"]
     need = min(0.01, gap / 2)
