@@ -118,14 +118,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run (a) with early stopping after this fraction of the fine-tune steps")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadier on a shared 2-core box)")
     p.add_argument("--contenders", default="a,b,c,d", help="which of a,b,c,d to run (default all)")
-    p.add_argument("--plot-only", action="store_true", help="redraw the plots from --out and exit")
+    p.add_argument("--report-only", action="store_true", help="reprint the tables and redraw the plots from --out")
     p.add_argument("--storage", default="sqlite:///results/bench_quality.db")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_quality.json"))
     args = p.parse_args(argv)
 
     out = Path(args.out)
-    if args.plot_only:
+    if args.report_only:
         for task_name, task_res in json.loads(out.read_text()).items():
+            for budget, res in task_res.items():
+                if budget != "dense":
+                    settings = argparse.Namespace(**{**vars(args), **res.get("settings", {})})
+                    print(format_table(task_name, budget, res["target_flops"], task_res["dense"]["flops"],
+                                       res["rows"], settings))
             print(plot(task_name, task_res, out.with_name(f"{out.stem}-{task_name}.png")))
         return 0
 
