@@ -61,7 +61,8 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) ->
         raise UserError(
             f"budget_flops {config.budget_flops} = {human(budget.flops)} FLOPs is below the smallest this "
             f"search space reaches: {human(min_flops)} ({min_flops / dense_flops:.3f} of dense "
-            f"{human(dense_flops)}) with every group at keep_min {config.keep_min}. Raise the budget "
+            f"{human(dense_flops)}) with every group at keep_min {config.keep_min}; the stem and head "
+            f"({', '.join(ignored)}) and every channel coupled to them are never pruned. Raise the budget "
             "or lower --keep-min / --min-channels"
         )
     if budget.params is not None and budget.params < min_params:
