@@ -19,7 +19,6 @@ from autoprune.prune import Pruner
 from autoprune.space import Space, fill_budget
 from autoprune.train import evaluate, finetune, recalibrate_bn
 
-METRIC_NAMES = ("accuracy", "flops", "params")
 #: A policy whose predicted FLOPs exceed the budget by more than this fraction is rejected
 #: without pruning (the predictor errs high, by under 0.1% on the models tested).
 PREDICTION_MARGIN = 0.01
@@ -65,7 +64,7 @@ class Objective:
         train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor],
         settings: TrialSettings,
-        params_objective: bool = False,
+        objectives: tuple[str, ...] = ("accuracy", "flops"),
     ) -> None:
         self.pruner = pruner
         self.space = space
@@ -73,7 +72,7 @@ class Objective:
         self.train = train
         self.val = val
         self.settings = settings
-        self.params_objective = params_objective
+        self.objectives = objectives  # what the trial returns, in order (study.objectives)
         self._flops: dict[tuple[int, ...], int] = {}
         self.predictor = FlopsPredictor(pruner.dense, pruner.example_input, ignored=pruner.ignored)
 
@@ -118,7 +117,7 @@ class Objective:
                 return True
             # FLOPs within EARLY_STOP_FLOPS_TOLERANCE count as equal: in a 'fill' space every
             # trial sits just under the budget, a few hundred FLOPs apart
-            rivals = [t for t in checked if t.values[1] <= flops * (1 + EARLY_STOP_FLOPS_TOLERANCE)]
+            rivals = [t for t in checked if t.user_attrs["flops"] <= flops * (1 + EARLY_STOP_FLOPS_TOLERANCE)]
             if not rivals:
                 return True
             best = max(rivals, key=lambda t: t.user_attrs["accuracy_at_check"])
@@ -126,7 +125,7 @@ class Objective:
                 state["reason"] = (
                     f"early-stopped after {step}/{s.finetune_steps} steps: accuracy {acc:.4f} vs "
                     f"{best.user_attrs['accuracy_at_check']:.4f} of trial {best.number} "
-                    f"({int(best.values[1]):,} <= {flops:,} FLOPs)"
+                    f"({best.user_attrs['flops']:,} FLOPs against {flops:,})"
                 )
                 return False
             return True
@@ -212,5 +211,5 @@ class Objective:
         trial.set_user_attr("accuracy_before_finetune", acc_before)
         trial.set_user_attr("accuracy", acc)
         trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
-        values = (acc, float(flops))
-        return values + (float(params),) if self.params_objective else values
+        measured = {"accuracy": acc, "flops": float(flops), "params": float(params)}
+        return tuple(measured[name] for name in self.objectives)
