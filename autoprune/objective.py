@@ -19,6 +19,7 @@ from autoprune.prune import Pruner
 from autoprune.space import Space, fill_budget
 from autoprune.train import evaluate, finetune, recalibrate_bn
 
+METRIC_NAMES = ("accuracy", "flops", "params")
 #: A policy whose predicted FLOPs exceed the budget by more than this fraction is rejected
 #: without pruning (the predictor errs high, by under 0.1% on the models tested).
 PREDICTION_MARGIN = 0.01
@@ -65,7 +66,7 @@ class Objective:
         train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor],
         settings: TrialSettings,
-        objectives: tuple[str, ...] = ("accuracy", "flops"),
+        params_objective: bool = False,
     ) -> None:
         self.pruner = pruner
         self.space = space
@@ -73,7 +74,7 @@ class Objective:
         self.train = train
         self.val = val
         self.settings = settings
-        self.objectives = objectives  # what the trial returns, in order (study.objectives)
+        self.params_objective = params_objective
         self._flops: dict[tuple[int, ...], int] = {}
         self.predictor = FlopsPredictor(pruner.dense, pruner.example_input, ignored=pruner.ignored)
 
@@ -118,7 +119,7 @@ class Objective:
                 return True
             # FLOPs within EARLY_STOP_FLOPS_TOLERANCE count as equal: in a 'fill' space every
             # trial sits just under the budget, a few hundred FLOPs apart
-            rivals = [t for t in checked if t.user_attrs["flops"] <= flops * (1 + EARLY_STOP_FLOPS_TOLERANCE)]
+            rivals = [t for t in checked if t.values[1] <= flops * (1 + EARLY_STOP_FLOPS_TOLERANCE)]
             if not rivals:
                 return True
             best = max(rivals, key=lambda t: t.user_attrs["accuracy_at_check"])
@@ -126,7 +127,7 @@ class Objective:
                 state["reason"] = (
                     f"early-stopped after {step}/{s.finetune_steps} steps: accuracy {acc:.4f} vs "
                     f"{best.user_attrs['accuracy_at_check']:.4f} of trial {best.number} "
-                    f"({best.user_attrs['flops']:,} FLOPs against {flops:,})"
+                    f"({int(best.values[1]):,} <= {flops:,} FLOPs)"
                 )
                 return False
             return True
@@ -213,5 +214,5 @@ class Objective:
         trial.set_user_attr("accuracy_before_finetune", acc_before)
         trial.set_user_attr("accuracy", acc)
         trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
-        measured = {"accuracy": acc, "flops": float(flops), "params": float(params)}
-        return tuple(measured[name] for name in self.objectives)
+        values = (acc, float(flops))
+        return values + (float(params),) if self.params_objective else values

@@ -157,7 +157,7 @@ def search_model(
     }
     study, resumed = studies.create_or_resume(
         storage, config.study_name, attrs=attrs, sampler=config.sampler, seed=config.seed,
-        objectives=studies.objectives(config.space, config.params_objective),
+        params_objective=config.params_objective,
     )
     pruner = Pruner(
         dense, example_input, ignored=the_plan.ignored, calibration=calibration_of(config, *train),
@@ -173,7 +173,7 @@ def search_model(
             bn_batches=config.bn_batches, seed=config.seed, early_stop=config.early_stop,
             early_stop_margin=config.early_stop_margin,
         ),
-        objectives=studies.objectives(config.space, config.params_objective),
+        params_objective=config.params_objective,
     )
     counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress)
     return study, counts

@@ -24,8 +24,8 @@ def trial_row(trial: optuna.trial.FrozenTrial, dense_flops: int) -> dict[str, An
         "feasible": studies.is_feasible(trial),
         "accuracy": trial.values[0],
         "accuracy_before_finetune": attrs.get("accuracy_before_finetune"),
-        "flops": studies.flops(trial),
-        "flops_ratio": studies.flops(trial) / dense_flops,
+        "flops": int(trial.values[1]),
+        "flops_ratio": trial.values[1] / dense_flops,
         "params": attrs.get("params"),
         "nonzeros": attrs.get("nonzeros"),
         "methods": "+".join(methods),
@@ -37,7 +37,7 @@ def trial_row(trial: optuna.trial.FrozenTrial, dense_flops: int) -> dict[str, An
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Pareto-optimal COMPLETE trials (feasible ones marked), sorted by FLOPs."""
     dense_flops = studies.info(study)["dense"]["flops"]
-    front = studies.pareto_front(studies.completed(study), studies.front_metrics(study))
+    front = studies.pareto_front(studies.completed(study), list(study.directions))
     return [trial_row(t, dense_flops) for t in front]
 
 
@@ -66,18 +66,18 @@ def plot_front(study: optuna.Study, path: Path, *, extra_points: list[dict[str, 
     info = studies.info(study)
     dense = info["dense"]
     trials = studies.completed(study)
-    front = studies.pareto_front(trials, studies.front_metrics(study))
+    front = studies.pareto_front(trials, list(study.directions))
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    ax.scatter([studies.flops(t) / 1e6 for t in trials], [100 * t.values[0] for t in trials],
+    ax.scatter([t.values[1] / 1e6 for t in trials], [100 * t.values[0] for t in trials],
                s=14, c="#9aa5b1", label=f"trials ({len(trials)})", zorder=2)
-    fx = [studies.flops(t) / 1e6 for t in front]
+    fx = [t.values[1] / 1e6 for t in front]
     fy = [100 * t.values[0] for t in front]
     budget_x = info["budget"]["flops"] / 1e6
     ax.step(fx + [max(budget_x, fx[-1])] if fx else [], fy + fy[-1:], where="post", c="#d1495b", lw=1.5, zorder=3)
     ax.scatter(fx, fy, s=30, c="#d1495b", label="Pareto front", zorder=4)
     for t in trials:
         if t.user_attrs.get("warm_start"):
-            ax.scatter([studies.flops(t) / 1e6], [100 * t.values[0]], marker="s", s=70, facecolors="none",
+            ax.scatter([t.values[1] / 1e6], [100 * t.values[0]], marker="s", s=70, facecolors="none",
                        edgecolors="k", label=t.user_attrs["warm_start"] + " (warm start)", zorder=5)
     ax.scatter([dense["flops"] / 1e6], [100 * dense["val_accuracy"]], marker="*", s=160, c="#00798c",
                label="dense", zorder=5)

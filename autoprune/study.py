@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import UserError, unknown_choice
+from autoprune.objective import METRIC_NAMES
 
 ATTR = "autoprune"
 #: Config fields that define what a study compares; resuming with other values is refused.
@@ -64,11 +65,12 @@ def create_or_resume(
     attrs: dict[str, Any],
     sampler: str,
     seed: int,
-    objectives: Sequence[str] = ("accuracy", "flops"),
+    params_objective: bool,
 ) -> tuple[optuna.Study, bool]:
     """The study ``name``, created with ``attrs`` stored, or resumed if its stored identity
     matches. Returns (study, resumed)."""
     existing = {s.study_name: s for s in storage.get_all_studies()}
+    n_obj = 3 if params_objective else 2
     if name in existing:
         old = existing[name].user_attrs.get(ATTR)
         check_identity(name, old, attrs["config"])
@@ -80,12 +82,12 @@ def create_or_resume(
         n_done = len(storage.get_all_trials(existing[name]._study_id, deepcopy=False))
         study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(sampler, seed=seed + n_done))
         return study, True
-    directions = ["maximize" if o == "accuracy" else "minimize" for o in objectives]
+    directions = ["maximize", "minimize", "minimize"][:n_obj]
     study = optuna.create_study(study_name=name, storage=storage, directions=directions,
                                 sampler=make_sampler(sampler, seed=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(objectives))
+        study.set_metric_names(list(METRIC_NAMES[:n_obj]))
     study.set_user_attr(ATTR, attrs)
     return study, False
 
@@ -136,32 +138,10 @@ def completed(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
 
-def objectives(space: str, params_objective: bool) -> tuple[str, ...]:
-    """What the sampler optimizes. In a ``fill`` space every trial sits at the FLOPs budget, so
-    FLOPs is not an objective there: as a second objective its last-percent differences would
-    put the cheapest trial, whatever its accuracy, among the few "good" trials multi-objective
-    TPE models. FLOPs, params and nonzeros are recorded on every trial either way."""
-    return ("accuracy",) + (("flops",) if space == "free" else ()) + (("params",) if params_objective else ())
-
-
-def metric(trial: FrozenTrial, name: str) -> float:
-    """accuracy, flops or params of a COMPLETE trial (whether or not it was an objective)."""
-    return trial.values[0] if name == "accuracy" else float(trial.user_attrs[name])
-
-
-def flops(trial: FrozenTrial) -> int:
-    return int(trial.user_attrs["flops"])
-
-
-def front_metrics(study: optuna.Study) -> list[str]:
-    """The front is always accuracy against FLOPs (and params, if that is an objective)."""
-    names = study.metric_names or []
-    return ["accuracy", "flops"] + (["params"] if "params" in names else [])
-
-
-def pareto_front(trials: list[FrozenTrial], names: Sequence[str] = ("accuracy", "flops")) -> list[FrozenTrial]:
-    """Non-dominated trials among ``trials`` (accuracy up, the others down), sorted by FLOPs."""
-    vals = [[-metric(t, n) if n == "accuracy" else metric(t, n) for n in names] for t in trials]
+def pareto_front(trials: list[FrozenTrial], directions: list[optuna.study.StudyDirection]) -> list[FrozenTrial]:
+    """Non-dominated trials among ``trials``, sorted by FLOPs."""
+    signs = [-1 if d == optuna.study.StudyDirection.MAXIMIZE else 1 for d in directions]
+    vals = [[s * v for s, v in zip(signs, t.values)] for t in trials]
     front = []
     for i, vi in enumerate(vals):
         dominated = any(
@@ -172,17 +152,16 @@ def pareto_front(trials: list[FrozenTrial], names: Sequence[str] = ("accuracy", 
             front.append(trials[i])
     # keep one of exact duplicates
     seen, unique = set(), []
-    for t in sorted(front, key=lambda t: (flops(t), -t.values[0], t.number)):
-        key = tuple(metric(t, n) for n in names)
-        if key not in seen:
-            seen.add(key)
+    for t in sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number)):
+        if tuple(t.values) not in seen:
+            seen.add(tuple(t.values))
             unique.append(t)
     return unique
 
 
 def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     feasible = [t for t in completed(study) if is_feasible(t)]
-    return max(feasible, key=lambda t: (t.values[0], -flops(t), -t.number)) if feasible else None
+    return max(feasible, key=lambda t: (t.values[0], -t.values[1], -t.number)) if feasible else None
 
 
 def optimize(

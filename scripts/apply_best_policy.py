@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         trial = choose_trial(study, None)
         out = Path(args.out) if args.out else Path("studies") / study.study_name / "best"
         print(f"best feasible trial: {trial.number} (search-val accuracy {trial.values[0]:.4f}, "
-              f"{trial.user_attrs['flops']:,} FLOPs)", file=sys.stderr)
+              f"{trial.values[1]:,.0f} FLOPs)", file=sys.stderr)
         report = apply_trial(study, trial_number=trial.number, out_dir=out, finetune_steps=args.finetune_steps,
                              progress=not args.quiet)
     except UserError as exc:

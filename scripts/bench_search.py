@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = recover(pruner, Policy.from_dict(best.user_attrs["policy"]), task, cfg, steps=args.finetune_steps,
                        progress=True, desc="autoprune best")
     rows.append((f"autoprune best (trial {best.number})", summary(model, task, example), ""))
-    keep, uniform = solve_uniform(pruner, int(best.user_attrs["flops"]))
+    keep, uniform = solve_uniform(pruner, int(best.values[1]))
     model, _ = recover(pruner, uniform, task, cfg, steps=args.finetune_steps, progress=True, desc="uniform l1")
     rows.append((f"uniform L1 (keep {keep:.3f})", summary(model, task, example), ""))
 

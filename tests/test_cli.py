@@ -30,11 +30,10 @@ def load(work: Path) -> optuna.Study:
     return optuna.load_study(study_name="digits-test", storage=f"sqlite:///{work}/studies/digits-test.db")
 
 
-def test_search_stores_a_real_study(searched):
+def test_search_stores_a_real_multi_objective_study(searched):
     study = load(searched)
-    # the default fill space pins FLOPs at the budget: accuracy is the one objective
-    assert [d.name for d in study.directions] == ["MAXIMIZE"]
-    assert study.metric_names == ["accuracy"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["accuracy", "flops"]
     info = study.user_attrs["autoprune"]
     assert info["config"]["model"] == "smallcnn" and info["config"]["dataset"] == "digits"
     budget, dense_flops = info["budget"]["flops"], info["dense"]["flops"]
@@ -43,7 +42,7 @@ def test_search_stores_a_real_study(searched):
     assert len(complete) == 5
     for t in complete:
         assert t.constraints and all(v <= 0 for v in t.constraints.values())
-        assert t.user_attrs["flops"] <= budget
+        assert t.values[1] <= budget and t.user_attrs["flops"] == t.values[1]
         assert 0 <= t.values[0] <= 1 and t.user_attrs["accuracy"] == t.values[0]
         assert set(t.user_attrs["seconds"]) >= {"prune", "calibrate", "finetune", "evaluate", "measure", "total"}
         assert t.user_attrs["nonzeros"] <= t.user_attrs["params"]
@@ -117,7 +116,7 @@ def test_apply_policy_file_and_script(searched, tmp_path):
     r = run_cli("apply", "--study", "digits-test", "--policy", str(tmp_path / "p.json"), "--finetune-steps", "5",
                 "--out", str(tmp_path / "y"), "--quiet", cwd=searched)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "y" / "report.json").read_text())["pruned"]["flops"] == trial.user_attrs["flops"]
+    assert json.loads((tmp_path / "y" / "report.json").read_text())["pruned"]["flops"] == trial.values[1]
     script = Path(__file__).resolve().parents[1] / "scripts" / "apply_best_policy.py"
     import subprocess
     import sys
