@@ -187,15 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             tag = f"{task_name}-{budget}-{args.space}-{args.trials}"
             which = set(args.contenders.split(","))
             if "a" in which:
-                # fill studies since accuracy became their one objective are named *-tpe1
                 policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
-                                                   f"{tag}-tpe1" if args.space == "fill" else f"{tag}-tpe", args.storage)
+                                                   f"{tag}-tpe", args.storage)
                 rows.append(row("a) autoprune (TPE)", pruner.apply(policy)[0], f"trial {best.number}",
                                 f"{n} trials, {cpu:.0f} s"))
             if args.early_stop:
                 policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
-                                                   f"{tag}-tpe{'1' if args.space == 'fill' else ''}-es{args.early_stop}",
-                                                   args.storage, args.early_stop)
+                                                   f"{tag}-tpe-es{args.early_stop}", args.storage, args.early_stop)
                 rows.append(row(f"a') autoprune (TPE), early stop at {args.early_stop}", pruner.apply(policy)[0],
                                 f"trial {best.number}", f"{n} trials, {cpu:.0f} s"))
             if "b" in which:
