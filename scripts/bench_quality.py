@@ -40,7 +40,7 @@ def bisect(flops_at, target: int, lo: float = 0.0, hi: float = 1.0, larger_is_bi
     return lo if larger_is_bigger else hi
 
 
-def uniform_model(pruner, target: int):
+def uniform_model(pruner, target: int, keep_given: float | None = None):
     from autoprune.measure import count_flops
     from autoprune.policy import GroupChoice, Policy
 
@@ -50,11 +50,11 @@ def uniform_model(pruner, target: int):
     def flops(r: float) -> int:
         return count_flops(pruner.apply(policy(r))[0], pruner.example_input)
 
-    r = bisect(flops, target, 0.0, 1.0, larger_is_bigger=True)
+    r = keep_given if keep_given is not None else bisect(flops, target, 0.0, 1.0, larger_is_bigger=True)
     return pruner.apply(policy(r))[0], f"keep {r:.3f}"
 
 
-def global_model(dense, example, ignored: list[str], target: int):
+def global_model(dense, example, ignored: list[str], target: int, ratio_given: float | None = None):
     """Torch-Pruning's own global magnitude pruning, ratio solved for the FLOPs target."""
     import copy
 
@@ -72,6 +72,8 @@ def global_model(dense, example, ignored: list[str], target: int):
         pruner.step()
         return model
 
+    if ratio_given is not None:
+        return prune(ratio_given), f"global ratio {ratio_given:.3f}"
     ratio = bisect(lambda r: count_flops(prune(r), example), target, 0.0, 0.95, larger_is_bigger=False)
     return prune(ratio), f"global ratio {ratio:.3f}"
 
@@ -118,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run (a) with early stopping after this fraction of the fine-tune steps")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadier on a shared 2-core box)")
     p.add_argument("--contenders", default="a,b,c,d", help="which of a,b,c,d to run (default all)")
+    p.add_argument("--remeasure-latency", action="store_true",
+                   help="rebuild every stored contender and measure all latencies again, side by side in this "
+                        "process (for when the runs that wrote --out shared the CPU)")
     p.add_argument("--report-only", action="store_true", help="reprint the tables and redraw the plots from --out")
     p.add_argument("--storage", default="sqlite:///results/bench_quality.db")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_quality.json"))
@@ -176,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                     "latency_ms": latency_ms(model, example, batch=64, repeats=30), "search": compute}
 
         task_res = results.setdefault(task_name, {})
+        if args.remeasure_latency:
+            remeasure_latency(task_name, task_res, dense, pruner, example, ignored, args.storage)
+            out.write_text(json.dumps(results, indent=1))
+            continue
         if "dense" not in task_res:
             task_res["dense"] = row("dense + same extra training", dense, "")
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +223,55 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(task_name, budget, target, dense_flops, rows, args))
         print(plot(task_name, task_res, out.with_name(f"{out.stem}-{task_name}.png")))
     return 0
+
+
+def remeasure_latency(task_name: str, task_res: dict, dense, pruner, example, ignored, storage: str) -> None:
+    """Every stored contender's model rebuilt (searched ones from their studies, b and c from
+    their solved ratio) and timed again, one after another in this process."""
+    from autoprune import study as studies
+    from autoprune.measure import latency_ms
+    from autoprune.policy import Policy
+
+    models = {"dense + same extra training": dense}
+    for budget, res in task_res.items():
+        if budget == "dense":
+            continue
+        for r in res["rows"][1:]:
+            note = r["note"]
+            if note.startswith("trial "):
+                name = r.get("study") or guess_study(task_name, budget, r, res.get("settings", {}))
+                trial = studies.load(storage, name).trials[int(note.split()[1])]
+                r["study"] = name
+                r["_model"] = pruner.apply(Policy.from_dict(trial.user_attrs["policy"]))[0]
+            elif note.startswith("keep "):
+                r["_model"] = uniform_model(pruner, 0, keep_given=float(note.split()[1]))[0]
+            elif note.startswith("global ratio "):
+                r["_model"] = global_model(dense, example, ignored, 0, ratio_given=float(note.split()[2]))[0]
+    for _ in range(2):  # two passes; the second is kept (the first warms caches)
+        for budget, res in task_res.items():
+            rows = [res] if budget == "dense" else res["rows"]
+            for r in rows:
+                model = models.get(r["contender"]) if budget == "dense" or r is res["rows"][0] else r.get("_model")
+                if model is not None:
+                    r["latency_ms"] = latency_ms(model, example, batch=64, repeats=30)
+    for budget, res in task_res.items():
+        if budget != "dense":
+            res["rows"][0]["latency_ms"] = task_res["dense"]["latency_ms"]
+            for r in res["rows"]:
+                r.pop("_model", None)
+            res["latency"] = "re-measured side by side in one process (--remeasure-latency)"
+
+
+def guess_study(task_name: str, budget: str, row: dict, settings: dict) -> str:
+    tag = f"{task_name}-{budget}-{settings.get('space', 'fill')}-{settings.get('trials', 30)}"
+    c = row["contender"]
+    if c.startswith("d)"):
+        return f"{tag}-random"
+    if c.startswith("a2)"):
+        return f"{tag}-tpe1"
+    if c.startswith("a3)"):
+        return f"{tag}-tpe-es0.34"
+    return f"{tag}-tpe"
 
 
 def plot(task: str, task_res: dict, path: Path) -> Path:
