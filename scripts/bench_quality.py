@@ -289,7 +289,8 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
             series.setdefault(name, []).append(
                 (r["flops"] / dense["flops"], 100 * r["test_acc_mean"], 100 * r["test_acc_std"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"a)": ("o", "C3"), "a'": ("v", "C4"), "b)": ("s", "C0"), "c)": ("^", "C2"), "d)": ("D", "C1")}
+    styles = {"a)": ("o", "C3"), "a2": ("x", "C7"), "a3": ("v", "C4"), "a'": ("v", "C4"), "b)": ("s", "C0"),
+              "c)": ("^", "C2"), "d)": ("D", "C1")}
     for name, pts in series.items():
         marker, color = styles.get(name[:2], ("x", "C7"))
         xs, ys, es = zip(*pts, strict=True)
