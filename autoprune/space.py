@@ -24,11 +24,10 @@ import optuna
 from autoprune.groups import Group
 from autoprune.policy import GroupChoice, Policy
 
-SHAPES = ("fill", "free")
 #: relative widths 2 ** (w / 2) for w in -4..4: from a quarter to four times the uniform width
 WIDTH_RANGE = 4
 
-#: keep ratios for each group -> the largest policy (by a shared scale) that meets the budget
+#: (relative width per group, method or methods per group) -> the policy that spends the budget
 Fit = Callable[[Mapping[str, float], str | Mapping[str, str]], Policy]
 
 
