@@ -12,7 +12,6 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from autoprune.costmodel import FlopsPredictor
 from autoprune.measure import count_flops, count_nonzeros, count_params
 from autoprune.policy import Policy
 from autoprune.prune import Pruner
@@ -76,15 +75,10 @@ class Objective:
         self.settings = settings
         self.params_objective = params_objective
         self._flops: dict[tuple[int, ...], int] = {}
-        self.predictor = FlopsPredictor(pruner.dense, pruner.example_input, ignored=pruner.ignored)
-
-    def predict(self, policy: Policy) -> float:
-        """Predicted FLOPs of ``policy`` from its channel counts alone (nothing is pruned)."""
-        return self.predictor.predict(self.pruner.resolve(policy, indices=False).channels())
 
     def fit(self, widths: dict[str, float], methods: str | dict[str, str]) -> Policy:
         """The ``fill`` space's solver: relative widths -> the policy that spends the budget."""
-        return fill_budget(widths, methods, predict=self.predict, budget=self.budget.flops,
+        return fill_budget(widths, methods, predict=self.pruner.predict_flops, budget=self.budget.flops,
                            keep_min=self.space.levels[0], keep_max=self.space.levels[-1])
 
     def flops_of(self, model: nn.Module, policy: Policy) -> int:
@@ -139,7 +133,7 @@ class Objective:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         policy = self.space.suggest(trial, self.pruner.groups, self.fit)
-        predicted = self.predict(policy)
+        predicted = self.pruner.predict_flops(policy)
         if predicted > self.budget.flops * (1 + PREDICTION_MARGIN):
             # Clearly over budget: rejected from channel counts alone, nothing is pruned.
             reason = f"infeasible: predicted flops {predicted:,.0f} > budget {self.budget.flops:,}"

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from autoprune.costmodel import FlopsPredictor
 from autoprune.errors import UserError
 from autoprune.groups import Group, build_graph, find_groups, pruning_group
 from autoprune.importance import UNSTRUCTURED, Calibration, ScoreCache
@@ -71,6 +72,14 @@ class Pruner:
         self.round_to = round_to
         self.min_channels = min_channels
         self.scores = ScoreCache(dense, example_input, self.ignored, calibration=calibration, seed=seed)
+        self._predictor: FlopsPredictor | None = None
+
+    def predict_flops(self, policy: Policy) -> float:
+        """FLOPs of ``policy`` predicted from its channel counts, nothing pruned (see costmodel);
+        the predictor is built once, on first use."""
+        if self._predictor is None:
+            self._predictor = FlopsPredictor(self.dense, self.example_input, ignored=self.ignored)
+        return self._predictor.predict(self.resolve(policy, indices=False).channels())
 
     @property
     def group_ids(self) -> list[str]:

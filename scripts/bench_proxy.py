@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from autoprune.baseline import get_dense
     from autoprune.config import SearchConfig, resolve_budget
-    from autoprune.costmodel import FlopsPredictor
     from autoprune.groups import resolve_ignore
     from autoprune.measure import count_flops
     from autoprune.pipeline import load_config_task
@@ -64,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     dense = get_dense(config, task).model
     ignored = resolve_ignore(dense, [])
     pruner = Pruner(dense, example, ignored=ignored, min_channels=config.min_channels)
-    predictor = FlopsPredictor(dense, example, ignored=ignored)
     target = resolve_budget(args.budget, count_flops(dense, example))
     rng = random.Random(args.seed)
     policies = []
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.space == "fill":
             widths = {g.id: width(rng.randint(-WIDTH_RANGE, WIDTH_RANGE)) for g in pruner.groups}
             policy = fill_budget(widths, "l1", budget=target, keep_min=args.keep_min,
-                                 predict=lambda pol: predictor.predict(pruner.resolve(pol, indices=False).channels()))
+                                 predict=pruner.predict_flops)
         else:
             policy = Policy({g.id: GroupChoice("l1", rng.choice(config.keep_levels)) for g in pruner.groups})
         if count_flops(pruner.apply(policy)[0], example) <= target:

@@ -59,12 +59,12 @@ def postgres():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def small_search(dense, storage: str, *, sampler: str = "tpe", trials: int = 2, study: str = "s"):
+def small_search(dense, storage: str, *, sampler: str = "tpe", trials: int = 2, study: str = "s", **options):
     model, task = dense
     return autoprune.search(
         model, (task.train_x, task.train_y), (task.val_x, task.val_y), task.example_input(),
         budget_flops=0.6, storage=storage, study=study, trials=trials, finetune_steps=2, sampler=sampler,
-        progress=False, batch_size=64, threads=1, methods=["l1", "fpgm"],
+        progress=False, batch_size=64, threads=1, methods=["l1", "fpgm"], **options,
     )
 
 
@@ -113,3 +113,20 @@ def test_optuna_dashboard_serves_the_study(dense, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_free_space_samples_absolute_keep_levels(dense, tmp_path):
+    """``--space free`` (the README's option for a front across FLOPs): keep ratios on the grid,
+    no widths, the uniform warm start at the largest level that fits, every trial in budget."""
+    from autoprune.config import SearchConfig
+
+    study = small_search(dense, f"sqlite:///{tmp_path}/s.db", trials=3, study="free", space="free")
+    budget = study.user_attrs["autoprune"]["budget"]["flops"]
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3
+    levels = set(SearchConfig().keep_levels)
+    for t in done:
+        keeps = [v for k, v in t.params.items() if k.endswith(":keep")]
+        assert keeps and set(keeps) <= levels and not any(k.endswith(":width") for k in t.params)
+        assert t.values[1] <= budget
+    assert done[0].user_attrs["warm_start"].startswith("uniform l1 keep")
