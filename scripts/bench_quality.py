@@ -10,6 +10,8 @@ evaluated on the TEST split, over several recovery seeds:
   c) global:    Torch-Pruning's global magnitude ranking (BasePruner, global_pruning=True),
                 pruning ratio solved for the budget;
   d) random:    best of N random feasible policies (random sampler, same trials and steps as a);
+  e) sensitivity: the sensitivity-derived policy that ``--warm-start sensitivity`` enqueues,
+                recovered on its own (no search);
   and the dense model given the same extra training.
 
     python scripts/bench_quality.py --tasks smallcnn --budgets 0.1,0.2,0.5 --trials 30
@@ -119,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--early-stop", type=float, default=0.0,
                    help="also run (a) with early stopping after this fraction of the fine-tune steps")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadier on a shared 2-core box)")
-    p.add_argument("--contenders", default="a,b,c,d", help="which of a,b,c,d to run (default all)")
+    p.add_argument("--contenders", default="dense,a,b,c,d",
+                   help="which of dense,a,b,c,d,e to run (default all but e); split them over processes with their own "
+                        "--out and --storage, then --merge the outs")
+    p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                   help="merge the rows of these outputs (runs of different --contenders) into --out, then report")
     p.add_argument("--remeasure-latency", action="store_true",
                    help="rebuild every stored contender and measure all latencies again, side by side in this "
                         "process (for when the runs that wrote --out shared the CPU)")
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     out = Path(args.out)
+    if args.merge:
+        out.write_text(json.dumps(merge([json.loads(Path(m).read_text()) for m in args.merge]), indent=1))
+        args.report_only = True
     if args.report_only:
         for task_name, task_res in json.loads(out.read_text()).items():
             for budget, res in task_res.items():
@@ -136,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                     settings = argparse.Namespace(**{**vars(args), **res.get("settings", {})})
                     print(format_table(task_name, budget, res["target_flops"], task_res["dense"]["flops"],
                                        res["rows"], settings))
-            print(plot(task_name, task_res, out.with_name(f"{out.stem}-{task_name}.png")))
+            if "dense" in task_res:
+                print(plot(task_name, task_res, out.with_name(f"{out.stem}-{task_name}.png")))
         return 0
 
     import torch
@@ -180,21 +190,22 @@ def main(argv: list[str] | None = None) -> int:
                     "flops": count_flops(model, example), "params": count_params(model),
                     "latency_ms": latency_ms(model, example, batch=64, repeats=30), "search": compute}
 
+        cache: dict = {}  # the sensitivity analysis, shared by the budgets of a task
         task_res = results.setdefault(task_name, {})
         if args.remeasure_latency:
             remeasure_latency(task_name, task_res, dense, pruner, example, ignored, args.storage)
             out.write_text(json.dumps(results, indent=1))
             continue
-        if "dense" not in task_res:
+        which = set(args.contenders.split(","))
+        if "dense" not in task_res and "dense" in which:
             task_res["dense"] = row("dense + same extra training", dense, "")
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=1))
         for budget in args.budgets.split(","):
             target = resolve_budget(budget, dense_flops)
-            rows = [task_res["dense"]]
+            rows = [task_res["dense"]] if "dense" in task_res else []
             t0 = time.process_time()
             tag = f"{task_name}-{budget}-{args.space}-{args.trials}"
-            which = set(args.contenders.split(","))
             if "a" in which:
                 policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
                                                    f"{tag}-tpe", args.storage)
@@ -211,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             if "c" in which:
                 model, note = global_model(dense, example, ignored, target)
                 rows.append(row("c) global magnitude (Torch-Pruning)", model, note, "none"))
+            if "e" in which:
+                policy, note, secs = sensitivity_policy(pruner, task, config, target, args.keep_min, cache)
+                rows.append(row("e) sensitivity-derived L1 (no search)", pruner.apply(policy)[0], note,
+                                f"sensitivity analysis {secs:.0f} s"))
             if "d" in which:
                 policy, best, n, cpu = search_best(base, "random", args.trials, args.search_steps, budget,
                                                    f"{tag}-random", args.storage)
@@ -221,8 +236,58 @@ def main(argv: list[str] | None = None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=1))
             print(format_table(task_name, budget, target, dense_flops, rows, args))
-        print(plot(task_name, task_res, out.with_name(f"{out.stem}-{task_name}.png")))
+        if "dense" in task_res:
+            print(plot(task_name, task_res, out.with_name(f"{out.stem}-{task_name}.png")))
     return 0
+
+
+def sensitivity_policy(pruner, task, config, target: int, keep_min: float, cache: dict):
+    """What ``--warm-start sensitivity`` enqueues, without a search: per-group sensitivity
+    (each group pruned alone at each keep level, BN recalibrated, search-val accuracy), the
+    greedy policy that meets the budget by pruning the least sensitive groups first, and its
+    keeps then scaled together to spend the budget as a ``fill`` trial would."""
+    from autoprune import sensitivity
+    from autoprune.space import fill_budget
+
+    levels = list(config.keep_levels)
+    if "result" not in cache:
+        t0 = time.perf_counter()
+        cache["result"] = sensitivity.analyse(pruner, task.train_x, (task.val_x, task.val_y), levels, method="l1",
+                                              seed=config.seed)
+        cache["seconds"] = time.perf_counter() - t0
+    derived = sensitivity.derived_policy(cache["result"], pruner, levels, target)
+    if derived is None:
+        raise SystemExit(f"no sensitivity-derived policy meets {target} FLOPs")
+    keeps = {gid: c.keep for gid, c in derived.groups.items()}
+    policy = fill_budget(keeps, "l1", predict=pruner.predict_flops, budget=target, keep_min=keep_min)
+    note = "keeps " + " ".join(f"{c.keep:.2f}" for c in policy.groups.values())
+    return policy, note, cache["seconds"]
+
+
+def merge(outputs: list[dict]) -> dict:
+    """One result from runs that each ran some contenders: the dense row from whichever has it,
+    each budget's rows in contender order (a later output's row replaces an earlier one of the
+    same name), and the benchmark CPU-seconds of all runs summed."""
+    merged: dict = {}
+    for res in outputs:
+        for task_name, task_res in res.items():
+            m = merged.setdefault(task_name, {})
+            if "dense" in task_res:
+                m["dense"] = task_res["dense"]
+            for budget, b in task_res.items():
+                if budget == "dense":
+                    continue
+                mb = m.setdefault(budget, {"target_flops": b["target_flops"], "rows": [], "bench_cpu_s": 0.0,
+                                           "settings": b.get("settings", {})})
+                rows = {r["contender"]: r for r in mb["rows"]}
+                rows.update({r["contender"]: r for r in b["rows"] if not r["contender"].startswith("dense")})
+                mb["rows"] = sorted(rows.values(), key=lambda r: r["contender"])
+                mb["bench_cpu_s"] += b.get("bench_cpu_s", 0.0)
+    for m in merged.values():
+        for budget, b in m.items():
+            if budget != "dense" and "dense" in m:
+                b["rows"] = [m["dense"], *b["rows"]]
+    return merged
 
 
 def remeasure_latency(task_name: str, task_res: dict, dense, pruner, example, ignored, storage: str) -> None:
@@ -290,7 +355,8 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
                 (r["flops"] / dense["flops"], 100 * r["test_acc_mean"], 100 * r["test_acc_std"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"a)": ("o", "C3"), "a2": ("x", "C7"), "a3": ("v", "C4"), "a'": ("v", "C4"), "b)": ("s", "C0"),
-              "c)": ("^", "C2"), "d)": ("D", "C1")}
+              "c)": ("^", "C2"), "d)": ("D", "C1"),
+              "e)": ("P", "C5")}
     for name, pts in series.items():
         marker, color = styles.get(name[:2], ("x", "C7"))
         xs, ys, es = zip(*pts, strict=True)
@@ -323,6 +389,8 @@ def format_table(task: str, budget: str, target: int, dense_flops: int, rows: li
     for r in rows:
         lines.append(f"| {r['contender']} | {100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f} | "
                      f"{human(r['flops'])} | {human(r['params'])} | {r['latency_ms']:.2f} | {r['search']} | {r['note']} |")
+    if not rows or not rows[0]["contender"].startswith("dense"):
+        return "\n".join(lines)  # a partial run (see --merge): no dense row to measure the gap against
     baselines = [r for r in rows[1:] if not r["contender"].startswith("a")]
     if not baselines or not rows[1]["contender"].startswith("a)"):
         return "\n".join(lines)
