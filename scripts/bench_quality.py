@@ -382,8 +382,8 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
 def format_table(task: str, budget: str, target: int, dense_flops: int, rows: list[dict], args) -> str:
     from autoprune.config import human
 
-    lines = [f"\n{task} on Fashion-MNIST, budget {budget} ({human(target)} of {human(dense_flops)} FLOPs); "
-             f"recovery {args.recovery_steps} steps x {args.seeds} seeds; test split",
+    lines = [(f"\n{task} on Fashion-MNIST, budget {budget} ({human(target)} of {human(dense_flops)} FLOPs); "
+              f"recovery {args.recovery_steps} steps x {args.seeds} seeds; test split"),
              "| contender | test acc (mean ± std) | FLOPs | params | latency b64 (ms) | search compute | note |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
