@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="rebuild every stored contender and measure all latencies again, side by side in this "
                         "process (for when the runs that wrote --out shared the CPU)")
     p.add_argument("--report-only", action="store_true", help="reprint the tables and redraw the plots from --out")
-    p.add_argument("--storage", default="sqlite:///results/bench_quality.db")
+    p.add_argument("--storage", default="sqlite:///results/bench_quality.db",
+                   help="the searches' study storage; with --remeasure-latency, several, comma-separated")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_quality.json"))
     args = p.parse_args(argv)
 
@@ -183,17 +184,22 @@ def main(argv: list[str] | None = None) -> int:
             finetune(m, task.train_x, task.train_y, steps=args.recovery_steps, seed=seed, lr=0.01)
             return evaluate(m, task.test_x, task.test_y)
 
-        def row(name: str, model, note: str, compute: str = "", example=example) -> dict:
+        def row(name: str, model, note: str, compute: str = "", example=example, policy=None) -> dict:
             accs = [recover(model, seed) for seed in range(args.seeds)]
-            return {"contender": name, "note": note, "test_acc_mean": statistics.mean(accs),
-                    "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "accs": accs,
-                    "flops": count_flops(model, example), "params": count_params(model),
-                    "latency_ms": latency_ms(model, example, batch=64, repeats=30), "search": compute}
+            r = {"contender": name, "note": note, "test_acc_mean": statistics.mean(accs),
+                 "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "accs": accs,
+                 "flops": count_flops(model, example), "params": count_params(model),
+                 "latency_ms": latency_ms(model, example, batch=64, repeats=30), "search": compute}
+            if policy is not None:  # to rebuild the model later (--remeasure-latency)
+                r["policy"] = policy.to_dict()
+            return r
 
         cache: dict = {}  # the sensitivity analysis, shared by the budgets of a task
         task_res = results.setdefault(task_name, {})
         if args.remeasure_latency:
-            remeasure_latency(task_name, task_res, dense, pruner, example, ignored, args.storage)
+            remeasure_latency(task_name, task_res, dense, pruner, example, ignored, args.storage.split(","),
+                              lambda target, p=pruner, t=task, c=config, k=cache: sensitivity_policy(
+                                  p, t, c, target, args.keep_min, k)[0])
             out.write_text(json.dumps(results, indent=1))
             continue
         which = set(args.contenders.split(","))
@@ -210,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
                 policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
                                                    f"{tag}-tpe", args.storage)
                 rows.append(row("a) autoprune (TPE)", pruner.apply(policy)[0], f"trial {best.number}",
-                                f"{n} trials, {cpu:.0f} s"))
+                                f"{n} trials, {cpu:.0f} s", policy=policy))
             if args.early_stop:
                 policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
                                                    f"{tag}-tpe-es{args.early_stop}", args.storage, args.early_stop)
                 rows.append(row(f"a') autoprune (TPE), early stop at {args.early_stop}", pruner.apply(policy)[0],
-                                f"trial {best.number}", f"{n} trials, {cpu:.0f} s"))
+                                f"trial {best.number}", f"{n} trials, {cpu:.0f} s", policy=policy))
             if "b" in which:
                 model, note = uniform_model(pruner, target)
                 rows.append(row("b) uniform L1", model, note, "none"))
@@ -225,12 +231,12 @@ def main(argv: list[str] | None = None) -> int:
             if "e" in which:
                 policy, note, secs = sensitivity_policy(pruner, task, config, target, args.keep_min, cache)
                 rows.append(row("e) sensitivity-derived L1 (no search)", pruner.apply(policy)[0], note,
-                                f"sensitivity analysis {secs:.0f} s"))
+                                f"sensitivity analysis {secs:.0f} s", policy=policy))
             if "d" in which:
                 policy, best, n, cpu = search_best(base, "random", args.trials, args.search_steps, budget,
                                                    f"{tag}-random", args.storage)
                 rows.append(row("d) random feasible (best of N)", pruner.apply(policy)[0], f"trial {best.number}",
-                                f"{n} trials, {cpu:.0f} s"))
+                                f"{n} trials, {cpu:.0f} s", policy=policy))
             task_res[budget] = {"target_flops": target, "rows": rows, "bench_cpu_s": time.process_time() - t0,
                                 "settings": {k: v for k, v in vars(args).items() if k not in ("out", "storage")}}
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -290,9 +296,11 @@ def merge(outputs: list[dict]) -> dict:
     return merged
 
 
-def remeasure_latency(task_name: str, task_res: dict, dense, pruner, example, ignored, storage: str) -> None:
-    """Every stored contender's model rebuilt (searched ones from their studies, b and c from
-    their solved ratio) and timed again, one after another in this process."""
+def remeasure_latency(task_name: str, task_res: dict, dense, pruner, example, ignored, storages: list[str], sensitivity_at) -> None:
+    """Every stored contender's model rebuilt and timed again, one after another in this
+    process: from the policy stored in its row; for rows written before rows stored their
+    policy, searched ones from their study (looked up in each of ``storages``), b and c from
+    their solved ratio, e by deriving the sensitivity policy again."""
     from autoprune import study as studies
     from autoprune.measure import latency_ms
     from autoprune.policy import Policy
@@ -303,15 +311,23 @@ def remeasure_latency(task_name: str, task_res: dict, dense, pruner, example, ig
             continue
         for r in res["rows"][1:]:
             note = r["note"]
-            if note.startswith("trial "):
+            if "policy" in r:
+                r["_model"] = pruner.apply(Policy.from_dict(r["policy"]))[0]
+            elif note.startswith("trial "):
                 name = r.get("study") or guess_study(task_name, budget, r, res.get("settings", {}))
-                trial = studies.load(storage, name).trials[int(note.split()[1])]
+                found = [s for s in storages if name in [x.study_name for x in studies.open_storage(s).get_all_studies()]]
+                if not found:
+                    print(f"latency not re-measured for {r['contender']} at {budget}: no study {name} in {storages}")
+                    continue
+                trial = studies.load(found[0], name).trials[int(note.split()[1])]
                 r["study"] = name
                 r["_model"] = pruner.apply(Policy.from_dict(trial.user_attrs["policy"]))[0]
             elif note.startswith("keep "):
                 r["_model"] = uniform_model(pruner, 0, keep_given=float(note.split()[1]))[0]
             elif note.startswith("global ratio "):
                 r["_model"] = global_model(dense, example, ignored, 0, ratio_given=float(note.split()[2]))[0]
+            elif note.startswith("keeps "):
+                r["_model"] = pruner.apply(sensitivity_at(res["target_flops"]))[0]
     for _ in range(2):  # two passes; the second is kept (the first warms caches)
         for budget, res in task_res.items():
             rows = [res] if budget == "dense" else res["rows"]
