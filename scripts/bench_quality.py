@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             for budget, res in task_res.items():
                 if budget != "dense":
                     settings = argparse.Namespace(**{**vars(args), **res.get("settings", {})})
-                    print(format_table(task_name, budget, res["target_flops"], task_res["dense"]["flops"],
-                                       res["rows"], settings))
+                    dense_flops = task_res["dense"]["flops"] if "dense" in task_res else 0  # 0: not run yet
+                    print(format_table(task_name, budget, res["target_flops"], dense_flops, res["rows"], settings))
             if "dense" in task_res:
                 print(plot(task_name, task_res, out.with_name(f"{out.stem}-{task_name}.png")))
         return 0
