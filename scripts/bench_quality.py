@@ -344,7 +344,9 @@ def remeasure_latency(task_name: str, task_res: dict, dense, pruner, example, ig
 
 
 def guess_study(task_name: str, budget: str, row: dict, settings: dict) -> str:
-    tag = f"{task_name}-{budget}-{settings.get('space', 'fill')}-{settings.get('trials', 30)}"
+    head = row.get("search", "").split()
+    trials = head[0] if head and head[0].isdigit() else settings.get("trials", 30)  # "20 trials, 3544 s"
+    tag = f"{task_name}-{budget}-{settings.get('space', 'fill')}-{trials}"
     c = row["contender"]
     if c.startswith("d)"):
         return f"{tag}-random"
