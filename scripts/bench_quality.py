@@ -80,6 +80,42 @@ def global_model(dense, example, ignored: list[str], target: int, ratio_given: f
     return prune(ratio), f"global ratio {ratio:.3f}"
 
 
+def load_bench_task(task_name: str, keep_min: float, space: str = "fill", threads: int = 1):
+    """(search settings, budget-free config, task, dense model, ignored layers, pruner): what
+    every contender of a task starts from."""
+    from autoprune.baseline import get_dense
+    from autoprune.config import SearchConfig
+    from autoprune.groups import resolve_ignore
+    from autoprune.pipeline import calibration_of, load_config_task
+    from autoprune.prune import Pruner
+
+    # keep_min 0.125: at 0.1 of dense FLOPs, keep 0.25 everywhere is not small enough
+    base = {"model": TASKS[task_name], "dataset": "fashion-mnist", "keep_min": keep_min, "space": space,
+            "threads": threads}
+    config = SearchConfig.from_dict({**base, "budget_flops": "1"})  # budget-free: task and dense only
+    task = load_config_task(config)
+    example = task.example_input()
+    dense = get_dense(config, task).model
+    ignored = resolve_ignore(dense, [])
+    # the same calibration images as the search, for taylor / activation policies
+    pruner = Pruner(dense, example, ignored=ignored, calibration=calibration_of(config, task.train_x, task.train_y),
+                    seed=config.seed, min_channels=config.min_channels)
+    return base, config, task, dense, ignored, pruner
+
+
+def recover(model, task, seed: int, steps: int) -> float:
+    """The recovery every contender gets: BN recalibration, ``steps`` of SGD fine-tuning at lr
+    0.01 with ``seed``, then accuracy on the TEST split. The model is copied, not changed."""
+    import copy
+
+    from autoprune.train import evaluate, finetune, recalibrate_bn
+
+    m = copy.deepcopy(model)
+    recalibrate_bn(m, task.train_x, num_batches=20, seed=seed)
+    finetune(m, task.train_x, task.train_y, steps=steps, seed=seed, lr=0.01)
+    return evaluate(m, task.test_x, task.test_y)
+
+
 def search_best(config, sampler: str, trials: int, steps: int, budget: str, study: str, storage: str,
                 early_stop: float = 0.0):
     """Run (or top up) a search; return (best feasible policy, its trial, trials, trial-seconds)."""
@@ -152,40 +188,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from autoprune.baseline import get_dense
-    from autoprune.config import SearchConfig, resolve_budget
-    from autoprune.groups import resolve_ignore
+    from autoprune.config import resolve_budget
     from autoprune.measure import count_flops, count_params, latency_ms
-    from autoprune.pipeline import calibration_of, load_config_task
-    from autoprune.prune import Pruner
-    from autoprune.train import evaluate, finetune, recalibrate_bn
 
     torch.set_num_threads(args.threads)
     results = json.loads(out.read_text()) if out.exists() else {}
     for task_name in args.tasks.split(","):
-        # keep_min 0.125: at 0.1 of dense FLOPs, keep 0.25 everywhere is not small enough
-        base = {"model": TASKS[task_name], "dataset": "fashion-mnist", "keep_min": args.keep_min,
-                "space": args.space, "threads": args.threads}
-        config = SearchConfig.from_dict({**base, "budget_flops": "1"})  # budget-free: task and dense only
-        task = load_config_task(config)
-        example = task.example_input()
-        dense = get_dense(config, task).model
-        ignored = resolve_ignore(dense, [])
-        # the same calibration images as the search, for taylor / activation policies
-        pruner = Pruner(dense, example, ignored=ignored, calibration=calibration_of(config, task.train_x, task.train_y),
-                        seed=config.seed, min_channels=config.min_channels)
+        base, config, task, dense, ignored, pruner = load_bench_task(task_name, args.keep_min, args.space, args.threads)
+        example = pruner.example_input
         dense_flops = count_flops(dense, example)
 
-        def recover(model, seed: int, task=task) -> float:
-            import copy
-
-            m = copy.deepcopy(model)
-            recalibrate_bn(m, task.train_x, num_batches=20, seed=seed)
-            finetune(m, task.train_x, task.train_y, steps=args.recovery_steps, seed=seed, lr=0.01)
-            return evaluate(m, task.test_x, task.test_y)
-
-        def row(name: str, model, note: str, compute: str = "", example=example, policy=None) -> dict:
-            accs = [recover(model, seed) for seed in range(args.seeds)]
+        def row(name: str, model, note: str, compute: str = "", example=example, task=task, policy=None) -> dict:
+            accs = [recover(model, task, seed, args.recovery_steps) for seed in range(args.seeds)]
             r = {"contender": name, "note": note, "test_acc_mean": statistics.mean(accs),
                  "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "accs": accs,
                  "flops": count_flops(model, example), "params": count_params(model),

@@ -40,34 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+    from bench_quality import (  # scripts/ is on sys.path when run as a script
+        load_bench_task,
+        recover,
+    )
     from scipy.stats import spearmanr
 
     from autoprune import study as studies
-    from autoprune.baseline import get_dense
-    from autoprune.config import SearchConfig
-    from autoprune.groups import resolve_ignore
-    from autoprune.pipeline import calibration_of, load_config_task
     from autoprune.policy import Policy
-    from autoprune.prune import Pruner
-    from autoprune.train import evaluate, finetune, recalibrate_bn
 
     torch.set_num_threads(args.threads)
-    config = SearchConfig.from_dict({"model": args.task, "dataset": "fashion-mnist", "keep_min": args.keep_min,
-                                     "budget_flops": "1"})
-    task = load_config_task(config)
-    example = task.example_input()
-    dense = get_dense(config, task).model
-    pruner = Pruner(dense, example, ignored=resolve_ignore(dense, []),
-                    calibration=calibration_of(config, task.train_x, task.train_y),
-                    seed=config.seed, min_channels=config.min_channels)
-
-    def recover(model, seed: int) -> float:  # as bench_quality.py recovers every contender
-        import copy
-
-        m = copy.deepcopy(model)
-        recalibrate_bn(m, task.train_x, num_batches=20, seed=seed)
-        finetune(m, task.train_x, task.train_y, steps=args.recovery_steps, seed=seed, lr=0.01)
-        return evaluate(m, task.test_x, task.test_y)
+    _, _, task, _, _, pruner = load_bench_task(args.task, args.keep_min, threads=args.threads)
 
     out = Path(args.out or ROOT / "results" / f"bench_topk-{args.task}-{args.budget}.json")
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -80,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in ranked:
             if t.number not in done:
                 model = pruner.apply(Policy.from_dict(t.user_attrs["policy"]))[0]
-                accs = [recover(model, seed) for seed in range(args.seeds)]
+                accs = [recover(model, task, seed, args.recovery_steps) for seed in range(args.seeds)]
                 done[t.number] = {"trial": t.number, "search_val": t.values[0], "flops": t.values[1], "accs": accs,
                                   "test_acc_mean": statistics.mean(accs)}
                 results[name] = {"trials": list(done.values())}
