@@ -301,7 +301,8 @@ def merge(outputs: list[dict]) -> dict:
                                            "settings": b.get("settings", {})})
                 rows = {r["contender"]: r for r in mb["rows"]}
                 rows.update({r["contender"]: r for r in b["rows"] if not r["contender"].startswith("dense")})
-                mb["rows"] = sorted(rows.values(), key=lambda r: r["contender"])
+                # (a) first, as format_table measures it against the rest; then by label
+                mb["rows"] = sorted(rows.values(), key=lambda r: (not r["contender"].startswith("a)"), r["contender"]))
                 mb["bench_cpu_s"] += b.get("bench_cpu_s", 0.0)
     for m in merged.values():
         for budget, b in m.items():
@@ -387,8 +388,7 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
                 (r["flops"] / dense["flops"], 100 * r["test_acc_mean"], 100 * r["test_acc_std"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"a)": ("o", "C3"), "a2": ("x", "C7"), "a3": ("v", "C4"), "a'": ("v", "C4"), "b)": ("s", "C0"),
-              "c)": ("^", "C2"), "d)": ("D", "C1"),
-              "e)": ("P", "C5")}
+              "c)": ("^", "C2"), "d)": ("D", "C1"), "e)": ("P", "C5")}
     for name, pts in series.items():
         marker, color = styles.get(name[:2], ("x", "C7"))
         xs, ys, es = zip(*pts, strict=True)
