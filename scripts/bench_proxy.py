@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+    from bench_quality import recover  # scripts/ is on sys.path when run as a script
     from scipy.stats import spearmanr
 
     from autoprune.baseline import get_dense
@@ -89,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             cost[s] += time.perf_counter() - t
         accs = []
         for seed in range(args.seeds):
-            m = copy.deepcopy(base)
-            recalibrate_bn(m, task.train_x, num_batches=20, seed=seed)
-            finetune(m, task.train_x, task.train_y, steps=args.recovery, seed=seed)
-            accs.append(evaluate(m, task.test_x, task.test_y))
+            accs.append(recover(base, task, seed, args.recovery))  # exactly as bench_quality recovers contenders
         row["test_recovered"] = accs
         row["test_recovered_mean"] = statistics.mean(accs)
         rows.append(row)
