@@ -11,7 +11,7 @@ from torch import nn
 
 from autoprune.costmodel import FlopsPredictor
 from autoprune.errors import UserError
-from autoprune.groups import Group, build_graph, find_groups, pruning_group
+from autoprune.groups import ROOT_TYPES, Group, build_graph, find_groups, pruning_group
 from autoprune.importance import UNSTRUCTURED, Calibration, ScoreCache
 from autoprune.policy import GroupChoice, Policy
 
@@ -73,6 +73,7 @@ class Pruner:
         self.min_channels = min_channels
         self.scores = ScoreCache(dense, example_input, self.ignored, calibration=calibration, seed=seed)
         self._predictor: FlopsPredictor | None = None
+        self._dense_graph = None
 
     def predict_flops(self, policy: Policy) -> float:
         """FLOPs of ``policy`` predicted from its channel counts, nothing pruned (see costmodel);
@@ -121,6 +122,29 @@ class Pruner:
                 raise UserError(f"policy group {group.id!r}: kept index {idx[-1]} >= {group.channels} channels")
             resolved[group.id] = GroupChoice(choice.method, choice.keep, group.channels, kept, idx)
         return policy.with_groups(resolved)
+
+    def kept_outputs(self, resolved: Policy) -> dict[str, list[int]]:
+        """For every conv / linear layer whose output channels ``resolved`` removes: which of the
+        dense layer's output channels the pruned layer keeps, in order (layers left whole are
+        missing). Read from Torch-Pruning's groups on the dense graph; nothing is pruned."""
+        if self._dense_graph is None:
+            self._dense_graph = build_graph(self.dense, self.example_input)
+        graph = self._dense_graph
+        modules = dict(self.dense.named_modules())
+        names = {m: n for n, m in modules.items()}
+        kept: dict[str, list[int]] = {}
+        for gid, choice in resolved.groups.items():
+            if choice.method == UNSTRUCTURED or choice.kept == choice.channels or choice.kept_indices is None:
+                continue
+            keep = set(choice.kept_indices)
+            remove = [i for i in range(choice.channels or 0) if i not in keep]
+            for dep, idxs in pruning_group(graph, modules[gid], remove):
+                layer = dep.target.module
+                if isinstance(layer, ROOT_TYPES) and graph.is_out_channel_pruning_fn(dep.handler):
+                    gone = {getattr(i, "idx", i) for i in idxs}
+                    out = layer.weight.shape[0]
+                    kept[names[layer]] = [i for i in range(out) if i not in gone]
+        return kept
 
     def apply(self, policy: Policy) -> tuple[nn.Module, Policy]:
         """A pruned deep copy of the dense model, and the resolved policy that made it."""
