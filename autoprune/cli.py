@@ -54,6 +54,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-stop", type=float, help="after this fraction of the fine-tune steps, stop a trial that an "
                    "earlier one with no more FLOPs beats by --early-stop-margin (default 0 = off)")
     p.add_argument("--early-stop-margin", type=float, help="accuracy margin for --early-stop (default 0.02)")
+    p.add_argument("--reconstruct", action="store_const", const=True,
+                   help="refit each pruned model's layers to the dense layers' outputs (least squares) before "
+                        "scoring it; with --finetune-steps 0, a trial costs a few forward passes")
     p.add_argument("--val-size", type=int, help="images held out of train for scoring trials")
     p.add_argument("--seed", type=int, help="seed for the split-independent parts: baseline, sampler, fine-tune")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores; with N workers use cores // N)")

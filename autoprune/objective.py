@@ -1,5 +1,6 @@
 """One trial: sample a policy, prune a copy of the dense model, reject it at once if over
-budget, else recalibrate BatchNorm, fine-tune briefly, score on search-val, and measure."""
+budget, else (optionally) refit its layers to the dense outputs, recalibrate BatchNorm,
+fine-tune briefly, score on search-val, and measure."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 from autoprune.measure import count_flops, count_nonzeros, count_params
 from autoprune.policy import Policy
 from autoprune.prune import Pruner
+from autoprune.reconstruct import DenseTargets, dense_targets, reconstruct
 from autoprune.space import Space, fill_budget
 from autoprune.train import evaluate, finetune, recalibrate_bn
 
@@ -66,6 +68,7 @@ class Objective:
         val: tuple[torch.Tensor, torch.Tensor],
         settings: TrialSettings,
         params_objective: bool = False,
+        reconstruct_x: torch.Tensor | None = None,
     ) -> None:
         self.pruner = pruner
         self.space = space
@@ -74,6 +77,9 @@ class Objective:
         self.val = val
         self.settings = settings
         self.params_objective = params_objective
+        #: with images: each pruned model is first refit to the dense outputs on them (reconstruct.py)
+        self.reconstruct_x = reconstruct_x
+        self._targets: DenseTargets | None = None
         self._flops: dict[tuple[int, ...], int] = {}
 
     def fit(self, widths: dict[str, float], methods: str | dict[str, str]) -> Policy:
@@ -169,13 +175,22 @@ class Objective:
             trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
             raise optuna.TrialPruned(reason)
 
+        if self.reconstruct_x is not None:
+            t = time.perf_counter()
+            if self._targets is None:  # the dense outputs are the same for every trial
+                self._targets = dense_targets(self.pruner.dense, self.reconstruct_x, seed=s.seed)
+            reconstruct(model, self._targets, self.pruner.kept_outputs(resolved))
+            seconds["reconstruct"] = time.perf_counter() - t
         t = time.perf_counter()
         recalibrate_bn(model, self.train[0], num_batches=s.bn_batches, batch_size=s.batch_size, seed=s.seed + trial.number)
         seconds["calibrate"] = time.perf_counter() - t
-        t = time.perf_counter()
-        # a diagnostic nothing selects on: the first images of search-val are enough for it
-        acc_before = evaluate(model, self.val[0][: s.before_images], self.val[1][: s.before_images])
-        seconds["evaluate"] = time.perf_counter() - t
+        seconds["evaluate"] = 0.0
+        acc_before = None
+        if s.finetune_steps > 0:
+            t = time.perf_counter()
+            # a diagnostic nothing selects on: the first images of search-val are enough for it
+            acc_before = evaluate(model, self.val[0][: s.before_images], self.val[1][: s.before_images])
+            seconds["evaluate"] = time.perf_counter() - t
 
         t = time.perf_counter()
         check_state: dict[str, object] = {}
@@ -198,6 +213,8 @@ class Objective:
         t = time.perf_counter()
         acc = evaluate(model, *self.val)
         seconds["evaluate"] += time.perf_counter() - t
+        if acc_before is None:  # no fine-tune: the score is the accuracy before it
+            acc_before = acc
         t = time.perf_counter()
         nonzeros = count_nonzeros(model)
         seconds["measure"] += time.perf_counter() - t

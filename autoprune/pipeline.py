@@ -84,6 +84,12 @@ def calibration_of(config: SearchConfig, x: torch.Tensor, y: torch.Tensor) -> Ca
     return Calibration(x[idx], y[idx], batch_size=config.batch_size)
 
 
+def reconstruction_images(config: SearchConfig, x: torch.Tensor) -> torch.Tensor:
+    """A seeded subset of training images the trials' layer refits are solved on."""
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    return x[torch.randperm(len(x), generator=gen)[: config.reconstruct_images]]
+
+
 def warm_start(
     study: optuna.Study,
     pruner: Pruner,
@@ -174,6 +180,7 @@ def search_model(
             early_stop_margin=config.early_stop_margin,
         ),
         params_objective=config.params_objective,
+        reconstruct_x=reconstruction_images(config, train[0]) if config.reconstruct else None,
     )
     counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress)
     return study, counts

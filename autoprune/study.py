@@ -20,7 +20,9 @@ ATTR = "autoprune"
 #: Config fields that define what a study compares; resuming with other values is refused.
 IDENTITY = ("model", "dataset", "checkpoint", "val_size", "split_seed", "budget_flops", "budget_params",
             "params_objective", "space", "methods", "keep_min", "keep_max", "keep_step", "round_to",
-            "min_channels", "ignore", "distill", "finetune_steps", "seed", "image_size")
+            "min_channels", "ignore", "distill", "finetune_steps", "seed", "image_size", "reconstruct")
+#: what a study stored before a key existed means (so that older studies still resume)
+IDENTITY_DEFAULTS: dict[str, Any] = {"reconstruct": False}
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -97,9 +99,12 @@ def check_identity(name: str, stored: dict[str, Any] | None, config: dict[str, A
     when they differ in a field that changes what the study compares."""
     if stored is None:
         raise UserError(f"study {name!r} in this storage was not made by autoprune; choose another --study")
-    diff = [k for k in IDENTITY if stored["config"].get(k) != config.get(k)]
+    def was(k: str) -> Any:
+        return stored["config"].get(k, IDENTITY_DEFAULTS.get(k))
+
+    diff = [k for k in IDENTITY if was(k) != config.get(k, IDENTITY_DEFAULTS.get(k))]
     if diff:
-        details = "; ".join(f"{k}: stored {stored['config'].get(k)!r}, now {config.get(k)!r}" for k in diff)
+        details = "; ".join(f"{k}: stored {was(k)!r}, now {config.get(k)!r}" for k in diff)
         raise UserError(
             f"study {name!r} exists with a different setup ({details}). Resume it with the same "
             "settings, or start a new one with --study NEW_NAME"
