@@ -4,7 +4,9 @@ FLOPs budget by pruning the least sensitive groups first."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,63 @@ def analyse(
             bar.update()
     if bar is not None:
         bar.close()
+    return result
+
+
+def _digest(h: Any, t: torch.Tensor) -> None:
+    h.update(str((tuple(t.shape), str(t.dtype))).encode())
+    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+
+
+def analysis_key(pruner: Pruner, train_x: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor], levels: list[float],
+                 **settings: Any) -> str:
+    """What an analysis depends on, hashed: the dense weights, the groups and their rounding,
+    the images (BN recalibration and scoring), the levels and the settings."""
+    h = hashlib.sha256()
+    for name, value in pruner.dense.state_dict().items():
+        h.update(name.encode())
+        _digest(h, value)
+    for t in (train_x, *val):
+        _digest(h, t)
+    h.update(json.dumps({"groups": [(g.id, g.channels, g.channel_groups) for g in pruner.groups],
+                         "round_to": pruner.round_to, "min_channels": pruner.min_channels,
+                         "levels": [float(k) for k in levels], **settings}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def analyse_cached(
+    pruner: Pruner,
+    train_x: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor],
+    levels: list[float],
+    *,
+    cache_dir: Path | None,
+    method: str = "l1",
+    images: int = 2000,
+    bn_batches: int = 10,
+    batch_size: int = 128,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """:func:`analyse`, or its stored result when the same analysis (same dense weights, data,
+    groups, levels and settings) was run before: it costs one pruned evaluation per group
+    and level, minutes on a ResNet-20 on a CPU, and a search's warm start and the
+    ``sensitivity`` command would otherwise repeat it."""
+    settings = {"method": method, "images": images, "bn_batches": bn_batches, "batch_size": batch_size, "seed": seed}
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"sensitivity-{analysis_key(pruner, train_x, val, levels, **settings)[:16]}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                pass  # unreadable: run it again and overwrite
+    result = analyse(pruner, train_x, val, levels, progress=progress, **settings)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)  # atomic: a concurrent worker never reads half a file
     return result
 
 
