@@ -12,6 +12,14 @@ spread of recovered accuracy *between* policies with the seed-to-seed noise *wit
 where the first is not much larger, no search over policies can beat uniform by much.
 
     python scripts/bench_proxy.py --budget 0.1 --policies 12 --steps 0,50,150,300 --recovery 430 --seeds 2
+
+``--refit-steps 0,50`` adds proxies that first refit the pruned layers to the dense outputs
+(``--reconstruct``), then fine-tune that many steps. ``--known results/bench_quality.json``
+adds that benchmark's b, d and e policies at the same budget, with the recovered accuracies
+it stored (the recovery is deterministic, so seed s there is seed s here).
+
+    python scripts/bench_proxy.py --model resnet20 --budget 0.15 --policies 4 --steps 0,150 \
+        --refit-steps 0,50 --seeds 1 --known results/bench_quality.json
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--space", default="fill", choices=("fill", "free"))
     p.add_argument("--policies", type=int, default=12)
     p.add_argument("--steps", default="0,50,150,300")
+    p.add_argument("--refit-steps", default="", help="comma-separated fine-tune steps after a refit (proxies)")
+    p.add_argument("--known", default=None, help="a bench_quality.json whose b, d, e policies at --budget join")
     p.add_argument("--recovery", type=int, default=430)
     p.add_argument("--seeds", type=int, default=2, help="recovery seeds per policy (>= 2 to see the noise)")
     p.add_argument("--keep-min", type=float, default=0.125)
@@ -44,26 +54,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from bench_quality import recover  # scripts/ is on sys.path when run as a script
+    from bench_quality import (  # scripts/ is on sys.path when run as a script
+        bisect,
+        load_bench_task,
+        recover,
+    )
     from scipy.stats import spearmanr
 
-    from autoprune.baseline import get_dense
-    from autoprune.config import SearchConfig, resolve_budget
-    from autoprune.groups import resolve_ignore
+    from autoprune.config import resolve_budget
     from autoprune.measure import count_flops
-    from autoprune.pipeline import load_config_task
     from autoprune.policy import GroupChoice, Policy
-    from autoprune.prune import Pruner
+    from autoprune.reconstruct import dense_targets, reconstruct
     from autoprune.space import WIDTH_RANGE, fill_budget, width
     from autoprune.train import evaluate, finetune, recalibrate_bn
 
     torch.set_num_threads(args.threads)
-    config = SearchConfig.from_dict({"model": args.model, "budget_flops": args.budget, "keep_min": args.keep_min})
-    task = load_config_task(config)
-    example = task.example_input()
-    dense = get_dense(config, task).model
-    ignored = resolve_ignore(dense, [])
-    pruner = Pruner(dense, example, ignored=ignored, min_channels=config.min_channels)
+    # the benchmark's dense model and pruner (with its calibration images, for the known
+    # policies' taylor / activation groups)
+    _, config, task, dense, _, pruner = load_bench_task(args.model, args.keep_min, threads=args.threads)
+    example = pruner.example_input
     target = resolve_budget(args.budget, count_flops(dense, example))
     rng = random.Random(args.seed)
     policies = []
@@ -76,38 +85,63 @@ def main(argv: list[str] | None = None) -> int:
             policy = Policy({g.id: GroupChoice("l1", rng.choice(config.keep_levels)) for g in pruner.groups})
         if count_flops(pruner.apply(policy)[0], example) <= target:
             policies.append(policy)
+    known: list[tuple[str, Policy, list[float]]] = []
+    if args.known:
+        for r in json.loads(Path(args.known).read_text())[args.model][args.budget]["rows"]:
+            tag = r["contender"][:2]
+            if tag == "b)":  # uniform, its ratio solved again exactly as the bench solved it
+                def uniform(k: float) -> Policy:
+                    return Policy({g.id: GroupChoice("l1", max(k, 1e-3)) for g in pruner.groups})
+                keep = bisect(lambda k: count_flops(pruner.apply(uniform(k))[0], example), target)
+                known.append((tag, uniform(keep), r["accs"]))
+            elif tag in ("d)", "e)") and "policy" in r:
+                known.append((tag, Policy.from_dict(r["policy"]), r["accs"]))
     steps = [int(s) for s in args.steps.split(",")]
-    rows, cost = [], {s: 0.0 for s in steps}
-    for i, policy in enumerate(policies):
+    refit_steps = [int(s) for s in args.refit_steps.split(",") if s]
+    proxies = [(f"val_after_{s}", s, False) for s in steps] + [(f"val_refit_{s}", s, True) for s in refit_steps]
+    cost = {name: 0.0 for name, _, _ in proxies}
+    targets = None
+    if refit_steps:
+        gen = torch.Generator().manual_seed(1)
+        targets = dense_targets(dense, task.train_x[torch.randperm(len(task.train_x), generator=gen)[:1024]])
+    rows = []
+    todo = [("random", p, None) for p in policies] + known
+    for i, (source, policy, stored) in enumerate(todo):
         base, resolved = pruner.apply(policy)
-        row = {"channels": resolved.channels(), "flops": count_flops(base, example)}
-        for s in steps:
+        row = {"source": source, "channels": resolved.channels(), "flops": count_flops(base, example)}
+        for name, s, refit in proxies:
             t = time.perf_counter()
             m = copy.deepcopy(base)
+            if refit:
+                reconstruct(m, targets, pruner.kept_outputs(resolved))
             recalibrate_bn(m, task.train_x, num_batches=20, seed=0)
             finetune(m, task.train_x, task.train_y, steps=s, seed=0)
-            row[f"val_after_{s}"] = evaluate(m, task.val_x, task.val_y)
-            cost[s] += time.perf_counter() - t
-        accs = []
-        for seed in range(args.seeds):
+            row[name] = evaluate(m, task.val_x, task.val_y)
+            cost[name] += time.perf_counter() - t
+        accs = list(stored[: args.seeds]) if stored else []
+        for seed in range(len(accs), args.seeds):
             accs.append(recover(base, task, seed, args.recovery))  # exactly as bench_quality recovers contenders
         row["test_recovered"] = accs
         row["test_recovered_mean"] = statistics.mean(accs)
         rows.append(row)
-        print(f"policy {i + 1}/{len(policies)} {row['channels']} {row['flops']:,} FLOPs: "
+        print(f"policy {i + 1}/{len(todo)} ({source}) {row['channels']} {row['flops']:,} FLOPs: "
               + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val"))
               + ", test recovered " + " ".join(f"{a:.4f}" for a in accs), file=sys.stderr, flush=True)
     final = [r["test_recovered_mean"] for r in rows]
-    print(f"\n{args.model}, budget {args.budget} ({target:,} FLOPs), {len(rows)} random '{args.space}' policies; "
-          f"recovery {args.recovery} steps x {args.seeds} seeds; {args.threads} thread(s)\n")
+    print(f"\n{args.model}, budget {args.budget} ({target:,} FLOPs), {len(policies)} random '{args.space}' policies; "
+          f"recovery {args.recovery} steps x {args.seeds} seeds; {args.threads} thread(s)"
+          + (f", plus the benchmark's {', '.join(k[0] for k in known)}" if known else "") + "\n")
     print("| proxy (search-val) | Spearman rho vs recovered test acc | seconds per policy |")
     print("|---|---|---|")
     summary: dict[str, object] = {}
-    for s in steps:
-        rho = spearmanr([r[f"val_after_{s}"] for r in rows], final).statistic
-        summary[str(s)] = {"rho": rho, "seconds": cost[s] / len(rows)}
+    for name, s, refit in proxies:
+        rho = spearmanr([r[name] for r in rows], final).statistic
+        key = f"refit+{s}" if refit else str(s)
+        summary[key] = {"rho": rho, "seconds": cost[name] / len(rows)}
         label = "BN recalibration only" if s == 0 else f"{s} fine-tune steps"
-        print(f"| {label} | {rho:.3f} | {cost[s] / len(rows):.1f} |")
+        if refit:
+            label = "refit + " + label
+        print(f"| {label} | {rho:.3f} | {cost[name] / len(rows):.1f} |")
     between = statistics.stdev(final)
     within = statistics.mean(statistics.stdev(r["test_recovered"]) for r in rows) if args.seeds > 1 else float("nan")
     summary["spread"] = {"between_policies_std": between, "within_policy_seed_std": within,
