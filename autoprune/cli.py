@@ -169,7 +169,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     dense = get_dense(config, task, progress=not args.quiet)
     ignored = resolve_ignore(dense.model, config.ignore)
     pruner = Pruner(dense.model, example, ignored=ignored, round_to=config.round_to, min_channels=config.min_channels)
-    result = sensitivity.analyse_cached(pruner, task.train_x, (task.val_x, task.val_y), config.keep_levels,
+    result = sensitivity.analyse(pruner, task.train_x, (task.val_x, task.val_y), config.keep_levels,
                                         batch_size=config.batch_size, seed=config.seed, progress=not args.quiet,
                                         cache_dir=Path(config.cache_dir))
     paths = sensitivity.write(result, _out_dir(args, config.study_name))

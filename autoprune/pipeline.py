@@ -123,7 +123,7 @@ def warm_start(
                 study.enqueue_trial(space.params_for(policy), user_attrs={"warm_start": f"uniform {method} keep {keep}"})
                 break
     if "sensitivity" in config.warm_start:
-        result = sensitivity.analyse_cached(pruner, train_x, val, list(space.levels), method=method,
+        result = sensitivity.analyse(pruner, train_x, val, list(space.levels), method=method,
                                             batch_size=config.batch_size, seed=config.seed, progress=progress,
                                             cache_dir=Path(config.cache_dir))
         study.set_user_attr("sensitivity", result)

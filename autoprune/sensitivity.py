@@ -30,8 +30,24 @@ def analyse(
     batch_size: int = 128,
     seed: int = 0,
     progress: bool = False,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """{"dense_accuracy", "method", "levels", "groups": {gid: [{"keep", "accuracy", "flops"}]}}."""
+    """{"dense_accuracy", "method", "levels", "groups": {gid: [{"keep", "accuracy", "flops"}]}}.
+
+    It costs one pruned evaluation per group and level (minutes on a ResNet-20 on a CPU). With
+    ``cache_dir``, the result is stored there and returned from there when the same analysis
+    (same dense weights, images, groups, levels and settings) runs again, e.g. the
+    ``sensitivity`` command, then a search's warm start."""
+    path = None
+    if cache_dir is not None:
+        settings = {"method": method, "images": images, "bn_batches": bn_batches, "batch_size": batch_size,
+                    "seed": seed}
+        path = Path(cache_dir) / f"sensitivity-{analysis_key(pruner, train_x, val, levels, **settings)[:16]}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                pass  # unreadable: run it again and overwrite
     x, y = val[0][:images], val[1][:images]
     dense_flops = count_flops(pruner.dense, pruner.example_input)
     result: dict[str, Any] = {
@@ -54,6 +70,11 @@ def analyse(
             bar.update()
     if bar is not None:
         bar.close()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)  # atomic: a concurrent worker never reads half a file
     return result
 
 
@@ -76,42 +97,6 @@ def analysis_key(pruner: Pruner, train_x: torch.Tensor, val: tuple[torch.Tensor,
                          "round_to": pruner.round_to, "min_channels": pruner.min_channels,
                          "levels": [float(k) for k in levels], **settings}, sort_keys=True).encode())
     return h.hexdigest()
-
-
-def analyse_cached(
-    pruner: Pruner,
-    train_x: torch.Tensor,
-    val: tuple[torch.Tensor, torch.Tensor],
-    levels: list[float],
-    *,
-    cache_dir: Path | None,
-    method: str = "l1",
-    images: int = 2000,
-    bn_batches: int = 10,
-    batch_size: int = 128,
-    seed: int = 0,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """:func:`analyse`, or its stored result when the same analysis (same dense weights, data,
-    groups, levels and settings) was run before: it costs one pruned evaluation per group
-    and level, minutes on a ResNet-20 on a CPU, and a search's warm start and the
-    ``sensitivity`` command would otherwise repeat it."""
-    settings = {"method": method, "images": images, "bn_batches": bn_batches, "batch_size": batch_size, "seed": seed}
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"sensitivity-{analysis_key(pruner, train_x, val, levels, **settings)[:16]}.json"
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except (OSError, ValueError):
-                pass  # unreadable: run it again and overwrite
-    result = analyse(pruner, train_x, val, levels, progress=progress, **settings)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(path)  # atomic: a concurrent worker never reads half a file
-    return result
 
 
 def derived_policy(result: dict[str, Any], pruner: Pruner, levels: list[float], budget_flops: int) -> Policy | None:

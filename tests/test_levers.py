@@ -92,17 +92,17 @@ def test_sensitivity_analysis_is_cached_per_dense_model_data_and_settings(setup,
     task, model, pruner = setup
     train, val = task.train_x, (task.val_x, task.val_y)
     kw = {"images": 100, "bn_batches": 1, "batch_size": 64, "cache_dir": tmp_path}
-    first = sensitivity.analyse_cached(pruner, train, val, [0.5, 1.0], **kw)
+    first = sensitivity.analyse(pruner, train, val, [0.5, 1.0], **kw)
     assert len(list(tmp_path.glob("sensitivity-*.json"))) == 1
-    runs = []
-    real = sensitivity.analyse
-    monkeypatch.setattr(sensitivity, "analyse", lambda *a, **k: runs.append(1) or real(*a, **k))
-    assert sensitivity.analyse_cached(pruner, train, val, [0.5, 1.0], **kw) == first and not runs
-    sensitivity.analyse_cached(pruner, train, val, [0.25, 1.0], **kw)  # other levels
-    sensitivity.analyse_cached(pruner, train, (val[0][1:], val[1][1:]), [0.5, 1.0], **kw)  # other images
+    scored = []  # evaluations run: one per group and level, plus the dense model
+    real = sensitivity.evaluate
+    monkeypatch.setattr(sensitivity, "evaluate", lambda *a, **k: scored.append(1) or real(*a, **k))
+    assert sensitivity.analyse(pruner, train, val, [0.5, 1.0], **kw) == first and not scored
+    sensitivity.analyse(pruner, train, val, [0.25, 1.0], **kw)  # other levels
+    sensitivity.analyse(pruner, train, (val[0][1:], val[1][1:]), [0.5, 1.0], **kw)  # other images
     other = Pruner(model, task.example_input(), ignored=pruner.ignored, min_channels=3)  # other rounding
-    sensitivity.analyse_cached(other, train, val, [0.5, 1.0], **kw)
-    assert len(runs) == 3 and len(list(tmp_path.glob("sensitivity-*.json"))) == 4
+    sensitivity.analyse(other, train, val, [0.5, 1.0], **kw)
+    assert len(scored) == 3 * (len(pruner.groups) + 1) and len(list(tmp_path.glob("sensitivity-*.json"))) == 4
 
 
 def test_clearly_over_budget_policies_are_rejected_without_pruning(setup):
