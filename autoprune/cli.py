@@ -170,8 +170,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     ignored = resolve_ignore(dense.model, config.ignore)
     pruner = Pruner(dense.model, example, ignored=ignored, round_to=config.round_to, min_channels=config.min_channels)
     result = sensitivity.analyse(pruner, task.train_x, (task.val_x, task.val_y), config.keep_levels,
-                                        batch_size=config.batch_size, seed=config.seed, progress=not args.quiet,
-                                        cache_dir=Path(config.cache_dir))
+                                 batch_size=config.batch_size, seed=config.seed, progress=not args.quiet,
+                                 cache_dir=Path(config.cache_dir))
     paths = sensitivity.write(result, _out_dir(args, config.study_name))
     print(sensitivity.format_table(result))
     if budget_given:

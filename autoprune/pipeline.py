@@ -124,8 +124,8 @@ def warm_start(
                 break
     if "sensitivity" in config.warm_start:
         result = sensitivity.analyse(pruner, train_x, val, list(space.levels), method=method,
-                                            batch_size=config.batch_size, seed=config.seed, progress=progress,
-                                            cache_dir=Path(config.cache_dir))
+                                     batch_size=config.batch_size, seed=config.seed, progress=progress,
+                                     cache_dir=Path(config.cache_dir))
         study.set_user_attr("sensitivity", result)
         policy = sensitivity.derived_policy(result, pruner, list(space.levels), budget.flops)
         if policy is not None and fits(policy):
