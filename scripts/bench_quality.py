@@ -396,6 +396,8 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
     for budget, res in sorted(((b, r) for b, r in task_res.items() if b != "dense"), key=lambda kv: float(kv[0])):
         for r in res["rows"][1:]:
             name = r["contender"].split(" (")[0] if r["contender"].startswith("a") else r["contender"]
+            if name.startswith("ar)"):
+                name += ", refit proxy"
             series.setdefault(name, []).append(
                 (r["flops"] / dense["flops"], 100 * r["test_acc_mean"], 100 * r["test_acc_std"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
