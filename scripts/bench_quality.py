@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -323,16 +324,18 @@ def merge(outputs: list[dict]) -> dict:
     return merged
 
 
-def remeasure_latency(task_name: str, task_res: dict, dense, pruner, example, ignored, storages: list[str], sensitivity_at) -> None:
-    """Every stored contender's model rebuilt and timed again, one after another in this
-    process: from the policy stored in its row; for rows written before rows stored their
-    policy, searched ones from their study (looked up in each of ``storages``), b and c from
-    their solved ratio, e by deriving the sensitivity policy again."""
+def remeasure_latency(task_name: str, task_res: dict, dense, pruner, example, ignored, storages: list[str], sensitivity_at,
+                      rounds: int = 12) -> None:
+    """Every stored contender's model rebuilt and timed again in this process: from the
+    policy stored in its row; for rows written before rows stored their policy, searched ones
+    from their study (looked up in each of ``storages``), b and c solved again for the budget,
+    e by deriving the sensitivity policy again. The models are timed in ``rounds`` shuffled
+    round-robin passes of 5 forward passes each, and each gets the median of its 5 x
+    ``rounds`` times."""
     from autoprune import study as studies
     from autoprune.measure import latency_ms
     from autoprune.policy import Policy
 
-    models = {"dense + same extra training": dense}
     for budget, res in task_res.items():
         if budget == "dense":
             continue
@@ -349,19 +352,25 @@ def remeasure_latency(task_name: str, task_res: dict, dense, pruner, example, ig
                 trial = studies.load(found[0], name).trials[int(note.split()[1])]
                 r["study"] = name
                 r["_model"] = pruner.apply(Policy.from_dict(trial.user_attrs["policy"]))[0]
-            elif note.startswith("keep "):
-                r["_model"] = uniform_model(pruner, 0, keep_given=float(note.split()[1]))[0]
+            elif note.startswith("keep "):  # solved again: the note's ratio is rounded
+                r["_model"] = uniform_model(pruner, res["target_flops"])[0]
             elif note.startswith("global ratio "):
-                r["_model"] = global_model(dense, example, ignored, 0, ratio_given=float(note.split()[2]))[0]
+                r["_model"] = global_model(dense, example, ignored, res["target_flops"])[0]
             elif note.startswith("keeps "):
                 r["_model"] = pruner.apply(sensitivity_at(res["target_flops"]))[0]
-    for _ in range(2):  # two passes; the second is kept (the first warms caches)
-        for budget, res in task_res.items():
-            rows = [res] if budget == "dense" else res["rows"]
-            for r in rows:
-                model = models.get(r["contender"]) if budget == "dense" or r is res["rows"][0] else r.get("_model")
-                if model is not None:
-                    r["latency_ms"] = latency_ms(model, example, batch=64, repeats=30)
+    timed = [(task_res["dense"], dense)] + [
+        (r, r["_model"]) for budget, res in task_res.items() if budget != "dense" for r in res["rows"][1:] if "_model" in r]
+    samples: dict[int, list[float]] = {id(r): [] for r, _ in timed}
+    order = list(timed)
+    rng = random.Random(0)
+    for round_ in range(rounds + 1):  # round-robin, so a slow spell of a shared machine hits every model alike
+        rng.shuffle(order)
+        for r, model in order:
+            ms = latency_ms(model, example, batch=64, repeats=5)
+            if round_:  # round 0 only warms up
+                samples[id(r)].append(ms)
+    for r, _ in timed:
+        r["latency_ms"] = statistics.median(samples[id(r)])
     for budget, res in task_res.items():
         if budget != "dense":
             res["rows"][0]["latency_ms"] = task_res["dense"]["latency_ms"]
