@@ -6,6 +6,7 @@ the same recovery (BN recalibration + the same fine-tune steps, optimizer and se
 evaluated on the TEST split, over several recovery seeds:
 
   a) autoprune: best feasible policy (search-val accuracy) of a TPE search of N trials;
+  as) as a, warm-started with the sensitivity-derived policy too (--warm-start uniform,sensitivity);
   ar) as a, but each trial's model is refit to the dense layers' outputs (least squares) and
                 scored after --refit-steps of fine-tuning (0: no fine-tune), so trials are
                 several times cheaper: --refit-trials of them at about a's compute;
@@ -121,7 +122,7 @@ def recover(model, task, seed: int, steps: int) -> float:
 
 
 def search_best(config, sampler: str, trials: int, steps: int, budget: str, study: str, storage: str,
-                early_stop: float = 0.0, reconstruct: bool = False):
+                early_stop: float = 0.0, reconstruct: bool = False, warm_start: list[str] | None = None):
     """Run (or top up) a search; return (best feasible policy, its trial, trials, trial-seconds)."""
     from autoprune import study as studies
     from autoprune.config import SearchConfig
@@ -131,7 +132,8 @@ def search_best(config, sampler: str, trials: int, steps: int, budget: str, stud
     cfg = SearchConfig.from_dict({**config, "budget_flops": budget, "sampler": sampler, "trials": trials,
                                   "finetune_steps": steps, "storage": storage, "study": study, "early_stop": early_stop,
                                   "reconstruct": reconstruct,
-                                  "warm_start": ["uniform"] if sampler == "tpe" else []})
+                                  "warm_start": warm_start if warm_start is not None else
+                                  (["uniform"] if sampler == "tpe" else [])})
     done = 0
     names = [s.study_name for s in studies.open_storage(storage).get_all_studies()]
     def trained(s) -> int:  # fine-tuned trials: completed or stopped early
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refit-trials", type=int, default=200, help="trials of contender ar")
     p.add_argument("--refit-steps", type=int, default=0, help="fine-tune steps of contender ar's trials")
     p.add_argument("--contenders", default="dense,a,b,c,d",
-                   help="which of dense,a,ar,b,c,d,e to run (default all but e); split them over processes with their own "
+                   help="which of dense,a,as,ar,b,c,d,e to run (default all but e); split them over processes with their own "
                         "--out and --storage, then --merge the outs")
     p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
                    help="merge the rows of these outputs (runs of different --contenders) into --out, then report")
@@ -238,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                                                    f"{tag}-tpe", args.storage)
                 rows.append(row("a) autoprune (TPE)", pruner.apply(policy)[0], f"trial {best.number}",
                                 f"{n} trials, {cpu:.0f} s", policy=policy))
+            if "as" in which:
+                policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
+                                                   f"{tag}-tpe-ws", args.storage, warm_start=["uniform", "sensitivity"])
+                rows.append(row("as) autoprune (TPE, warm start uniform + sensitivity)", pruner.apply(policy)[0],
+                                f"trial {best.number}", f"{n} trials, {cpu:.0f} s + sensitivity analysis",
+                                policy=policy))
             if "ar" in which:
                 policy, best, n, cpu = search_best(base, "tpe", args.refit_trials, args.refit_steps, budget,
                                                    f"{task_name}-{budget}-{args.space}-{args.refit_trials}-tpe-refit"
@@ -407,10 +415,12 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
             name = r["contender"].split(" (")[0] if r["contender"].startswith("a") else r["contender"]
             if name.startswith("ar)"):
                 name += ", refit proxy"
+            if name.startswith("as)"):
+                name += ", sensitivity warm start"
             series.setdefault(name, []).append(
                 (r["flops"] / dense["flops"], 100 * r["test_acc_mean"], 100 * r["test_acc_std"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"a)": ("o", "C3"), "a2": ("x", "C7"), "ar": ("*", "C6"), "a3": ("v", "C4"), "a'": ("v", "C4"), "b)": ("s", "C0"),
+    styles = {"a)": ("o", "C3"), "a2": ("x", "C7"), "ar": ("*", "C6"), "as": ("h", "C8"), "a3": ("v", "C4"), "a'": ("v", "C4"), "b)": ("s", "C0"),
               "c)": ("^", "C2"), "d)": ("D", "C1"), "e)": ("P", "C5")}
     for name, pts in series.items():
         marker, color = styles.get(name[:2], ("x", "C7"))
