@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from bench_quality import (  # scripts/ is on sys.path when run as a script
-        bisect,
         load_bench_task,
         recover,
+        uniform_policy,
     )
     from scipy.stats import spearmanr
 
@@ -89,11 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.known:
         for r in json.loads(Path(args.known).read_text())[args.model][args.budget]["rows"]:
             tag = r["contender"][:2]
-            if tag == "b)":  # uniform, its ratio solved again exactly as the bench solved it
-                def uniform(k: float) -> Policy:
-                    return Policy({g.id: GroupChoice("l1", max(k, 1e-3)) for g in pruner.groups})
-                keep = bisect(lambda k: count_flops(pruner.apply(uniform(k))[0], example), target)
-                known.append((tag, uniform(keep), r["accs"]))
+            if tag == "b)":  # solved again exactly as the bench solved it (its note rounds the ratio)
+                known.append((tag, uniform_policy(pruner, target)[0], r["accs"]))
             elif tag in ("d)", "e)") and "policy" in r:
                 known.append((tag, Policy.from_dict(r["policy"]), r["accs"]))
     steps = [int(s) for s in args.steps.split(",")]

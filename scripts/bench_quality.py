@@ -47,21 +47,25 @@ def bisect(flops_at, target: int, lo: float = 0.0, hi: float = 1.0, larger_is_bi
     return lo if larger_is_bigger else hi
 
 
-def uniform_model(pruner, target: int, keep_given: float | None = None):
+def uniform_policy(pruner, target: int):
+    """(b): L1 at one keep ratio for every group, the largest whose model meets ``target``
+    FLOPs (counted exactly); the policy and that ratio."""
     from autoprune.measure import count_flops
     from autoprune.policy import GroupChoice, Policy
 
     def policy(r: float) -> Policy:
         return Policy({g.id: GroupChoice("l1", max(r, 1e-3)) for g in pruner.groups})
 
-    def flops(r: float) -> int:
-        return count_flops(pruner.apply(policy(r))[0], pruner.example_input)
-
-    r = keep_given if keep_given is not None else bisect(flops, target, 0.0, 1.0, larger_is_bigger=True)
-    return pruner.apply(policy(r))[0], f"keep {r:.3f}"
+    r = bisect(lambda k: count_flops(pruner.apply(policy(k))[0], pruner.example_input), target)
+    return policy(r), r
 
 
-def global_model(dense, example, ignored: list[str], target: int, ratio_given: float | None = None):
+def uniform_model(pruner, target: int):
+    policy, r = uniform_policy(pruner, target)
+    return pruner.apply(policy)[0], f"keep {r:.3f}"
+
+
+def global_model(dense, example, ignored: list[str], target: int):
     """Torch-Pruning's own global magnitude pruning, ratio solved for the FLOPs target."""
     import copy
 
@@ -79,8 +83,6 @@ def global_model(dense, example, ignored: list[str], target: int, ratio_given: f
         pruner.step()
         return model
 
-    if ratio_given is not None:
-        return prune(ratio_given), f"global ratio {ratio_given:.3f}"
     ratio = bisect(lambda r: count_flops(prune(r), example), target, 0.0, 0.95, larger_is_bigger=False)
     return prune(ratio), f"global ratio {ratio:.3f}"
 
