@@ -106,3 +106,14 @@ def test_studies_stored_before_the_refit_option_still_resume():
     check_identity("old", stored, {"model": "smallcnn", "finetune_steps": 150, "reconstruct": False})
     with pytest.raises(autoprune.UserError, match="reconstruct: stored False, now True"):
         check_identity("old", stored, {"model": "smallcnn", "finetune_steps": 150, "reconstruct": True})
+
+
+def test_cli_flag_turns_the_refit_on():
+    from autoprune.cli import _config_from_args, build_parser
+
+    def config(*flags: str):
+        return _config_from_args(build_parser().parse_args(["search", "--budget-flops", "0.5", *flags]))
+
+    assert config().reconstruct is False
+    on = config("--reconstruct", "--finetune-steps", "0")
+    assert on.reconstruct is True and on.finetune_steps == 0 and on.reconstruct_images == 1024
