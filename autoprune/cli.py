@@ -46,7 +46,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-step", type=float, help="spacing of keep ratios")
     p.add_argument("--round-to", type=int, help="round kept channel counts to a multiple of this")
     p.add_argument("--min-channels", type=int, help="never keep fewer channels than this in a group")
-    p.add_argument("--ignore", help="comma-separated module-name patterns never to prune (stem and head always)")
+    p.add_argument("--ignore", help="comma-separated module-name patterns never to prune (the classifier output "
+                   "always, the stem unless --prune-stem)")
+    p.add_argument("--prune-stem", action="store_const", const=True,
+                   help="also prune the stem's output channels and every channel coupled to them (in a ResNet, the "
+                        "first stage's residual stream)")
     p.add_argument("--distill", help="knowledge distillation from the dense model while fine-tuning: off, on, search")
     p.add_argument("--warm-start", help="comma-separated first trials of a new study: uniform (default), sensitivity")
     p.add_argument("--params-objective", action="store_const", const=True, help="also minimise parameters (3rd objective)")
@@ -167,7 +171,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     task = load_config_task(config)
     example = task.example_input()
     dense = get_dense(config, task, progress=not args.quiet)
-    ignored = resolve_ignore(dense.model, config.ignore)
+    ignored = resolve_ignore(dense.model, config.ignore, prune_stem=config.prune_stem)
     pruner = Pruner(dense.model, example, ignored=ignored, round_to=config.round_to, min_channels=config.min_channels)
     result = sensitivity.analyse(pruner, task.train_x, (task.val_x, task.val_y), config.keep_levels,
                                  batch_size=config.batch_size, seed=config.seed, progress=not args.quiet,

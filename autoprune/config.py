@@ -58,6 +58,7 @@ class SearchConfig:
     round_to: int = 1
     min_channels: int = 4
     ignore: list[str] = field(default_factory=list)
+    prune_stem: bool = False  # also prune the first layer's output channels (and all coupled to them)
     distill: str = "off"
     warm_start: list[str] = field(default_factory=lambda: ["uniform"])  # first trials: "uniform", "sensitivity"
     # trial

@@ -40,16 +40,21 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyG
         model.train(was_training)
 
 
-def stem_and_head(model: nn.Module) -> list[str]:
+def stem_and_head(model: nn.Module) -> tuple[str | None, str | None]:
     """The input stem (first conv or linear) and the classifier output (last conv or linear)."""
     names = [n for n, m in model.named_modules() if isinstance(m, ROOT_TYPES)]
-    return sorted({names[0], names[-1]}) if names else []
+    return (names[0], names[-1]) if names else (None, None)
 
 
-def resolve_ignore(model: nn.Module, patterns: Iterable[str], *, ignore_stem_and_head: bool = True) -> list[str]:
-    """Module names to keep whole: the stem and head by default, plus ``patterns`` (fnmatch)."""
+def resolve_ignore(model: nn.Module, patterns: Iterable[str], *, prune_stem: bool = False) -> list[str]:
+    """Module names to keep whole: the classifier output always, the stem unless
+    ``prune_stem``, plus ``patterns`` (fnmatch).
+
+    Pruning the stem's output channels also thins everything coupled to them (in a ResNet,
+    the first stage's residual stream)."""
     names = [n for n, _ in model.named_modules() if n]
-    ignored = set(stem_and_head(model)) if ignore_stem_and_head else set()
+    stem, head = stem_and_head(model)
+    ignored = {n for n in (head, None if prune_stem else stem) if n is not None}
     for pattern in patterns:
         matched = [n for n in names if fnmatch.fnmatch(n, pattern)]
         if not matched:

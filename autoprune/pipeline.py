@@ -42,7 +42,7 @@ class Plan:
 def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) -> Plan:
     """Dense FLOPs, the absolute budget, and the smallest FLOPs the space can reach. Depends
     on the architecture only, so it runs on an untrained model, before any training."""
-    ignored = resolve_ignore(model, config.ignore)
+    ignored = resolve_ignore(model, config.ignore, prune_stem=config.prune_stem)
     dense_flops = count_flops(model, example_input)
     dense_params = count_params(model)
     budget = Budget(
@@ -61,9 +61,9 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) ->
         raise UserError(
             f"budget_flops {config.budget_flops} = {human(budget.flops)} FLOPs is below the smallest this "
             f"search space reaches: {human(min_flops)} ({min_flops / dense_flops:.3f} of dense "
-            f"{human(dense_flops)}) with every group at keep_min {config.keep_min}; the stem and head "
-            f"({', '.join(ignored)}) and every channel coupled to them are never pruned. Raise the budget "
-            "or lower --keep-min / --min-channels"
+            f"{human(dense_flops)}) with every group at keep_min {config.keep_min}; "
+            f"{', '.join(ignored)} and every channel coupled to them are never pruned. Raise the budget, "
+            f"lower --keep-min / --min-channels{'' if config.prune_stem else ', or add --prune-stem'}"
         )
     if budget.params is not None and budget.params < min_params:
         raise UserError(
