@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def analyse(
     progress: bool = False,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """{"dense_accuracy", "method", "levels", "groups": {gid: [{"keep", "accuracy", "flops"}]}}.
+    """{"dense_accuracy", "method", "levels", "seconds", "groups": {gid: [{"keep", "accuracy", "flops"}]}}.
 
     It costs one pruned evaluation per group and level (minutes on a ResNet-20 on a CPU). With
     ``cache_dir``, the result is stored there and returned from there when the same analysis
@@ -48,6 +49,7 @@ def analyse(
                 return json.loads(path.read_text())
             except (OSError, ValueError):
                 pass  # unreadable: run it again and overwrite
+    t0 = time.perf_counter()
     x, y = val[0][:images], val[1][:images]
     dense_flops = count_flops(pruner.dense, pruner.example_input)
     result: dict[str, Any] = {
@@ -70,6 +72,7 @@ def analyse(
             bar.update()
     if bar is not None:
         bar.close()
+    result["seconds"] = time.perf_counter() - t0  # what a cache hit saves
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
