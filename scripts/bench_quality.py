@@ -87,7 +87,7 @@ def global_model(dense, example, ignored: list[str], target: int):
     return prune(ratio), f"global ratio {ratio:.3f}"
 
 
-def load_bench_task(task_name: str, keep_min: float, space: str = "fill", threads: int = 1):
+def load_bench_task(task_name: str, keep_min: float, space: str = "fill", threads: int = 1, prune_stem: bool = False):
     """(search settings, budget-free config, task, dense model, ignored layers, pruner): what
     every contender of a task starts from."""
     from autoprune.baseline import get_dense
@@ -98,12 +98,12 @@ def load_bench_task(task_name: str, keep_min: float, space: str = "fill", thread
 
     # keep_min 0.125: at 0.1 of dense FLOPs, keep 0.25 everywhere is not small enough
     base = {"model": TASKS[task_name], "dataset": "fashion-mnist", "keep_min": keep_min, "space": space,
-            "threads": threads}
+            "threads": threads, "prune_stem": prune_stem}
     config = SearchConfig.from_dict({**base, "budget_flops": "1"})  # budget-free: task and dense only
     task = load_config_task(config)
     example = task.example_input()
     dense = get_dense(config, task).model
-    ignored = resolve_ignore(dense, [])
+    ignored = resolve_ignore(dense, [], prune_stem=prune_stem)
     # the same calibration images as the search, for taylor / activation policies
     pruner = Pruner(dense, example, ignored=ignored, calibration=calibration_of(config, task.train_x, task.train_y),
                     seed=config.seed, min_channels=config.min_channels)
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--keep-min", type=float, default=0.125)
     p.add_argument("--space", default="fill", help="search space of (a) and (d): fill (default) or free")
+    p.add_argument("--prune-stem", action="store_true",
+                   help="every contender may prune the stem's output channels too (search --prune-stem)")
     p.add_argument("--early-stop", type=float, default=0.0,
                    help="also run (a) with early stopping after this fraction of the fine-tune steps")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadier on a shared 2-core box)")
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     results = json.loads(out.read_text()) if out.exists() else {}
     for task_name in args.tasks.split(","):
-        base, config, task, dense, ignored, pruner = load_bench_task(task_name, args.keep_min, args.space, args.threads)
+        base, config, task, dense, ignored, pruner = load_bench_task(task_name, args.keep_min, args.space, args.threads,
+                                                                     args.prune_stem)
         example = pruner.example_input
         dense_flops = count_flops(dense, example)
 
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             target = resolve_budget(budget, dense_flops)
             rows = [task_res["dense"]] if "dense" in task_res else []
             t0 = time.process_time()
-            tag = f"{task_name}-{budget}-{args.space}-{args.trials}"
+            tag = f"{task_name}-{budget}-{args.space}-{args.trials}{'-stem' if args.prune_stem else ''}"
             if "a" in which:
                 policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
                                                    f"{tag}-tpe", args.storage)
@@ -296,10 +299,9 @@ def sensitivity_policy(pruner, task, config, target: int, keep_min: float, cache
 
     levels = list(config.keep_levels)
     if "result" not in cache:
-        t0 = time.perf_counter()
         cache["result"] = sensitivity.analyse(pruner, task.train_x, (task.val_x, task.val_y), levels, method="l1",
-                                              seed=config.seed)
-        cache["seconds"] = time.perf_counter() - t0
+                                              seed=config.seed, cache_dir=Path(config.cache_dir))
+        cache["seconds"] = cache["result"].get("seconds", 0.0)  # the analysis' own time, also when cached
     derived = sensitivity.derived_policy(cache["result"], pruner, levels, target)
     if derived is None:
         raise SystemExit(f"no sensitivity-derived policy meets {target} FLOPs")
