@@ -94,6 +94,7 @@ def test_sensitivity_analysis_is_cached_per_dense_model_data_and_settings(setup,
     kw = {"images": 100, "bn_batches": 1, "batch_size": 64, "cache_dir": tmp_path}
     first = sensitivity.analyse(pruner, train, val, [0.5, 1.0], **kw)
     assert len(list(tmp_path.glob("sensitivity-*.json"))) == 1
+    assert first["seconds"] > 0  # what the analysis cost, still known on a cache hit
     scored = []  # evaluations run: one per group and level, plus the dense model
     real = sensitivity.evaluate
     monkeypatch.setattr(sensitivity, "evaluate", lambda *a, **k: scored.append(1) or real(*a, **k))
