@@ -443,7 +443,7 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
     ax.set_ylabel("test accuracy after recovery (%)")
     ax.set_title(f"{task} on Fashion-MNIST: same dense start, same recovery, 3 seeds")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
