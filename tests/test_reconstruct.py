@@ -13,7 +13,6 @@ from autoprune.models import build_model
 from autoprune.policy import GroupChoice, Policy
 from autoprune.prune import Pruner, apply_unstructured
 from autoprune.reconstruct import dense_targets, reconstruct
-from autoprune.study import check_identity
 
 
 def uniform(pruner: Pruner, keep: float) -> Policy:
@@ -99,13 +98,6 @@ def test_refit_proxy_trials_skip_fine_tuning_and_score_the_refit_model(digits_de
     # the same policies (same sampler seed), each scored better after the refit
     assert [t.user_attrs["channels"] for t in runs[True]] == [t.user_attrs["channels"] for t in runs[False]]
     assert all(r.values[0] > p.values[0] for r, p in zip(runs[True], runs[False]))
-
-
-def test_studies_stored_before_the_refit_option_still_resume():
-    stored = {"config": {"model": "smallcnn", "finetune_steps": 150}}
-    check_identity("old", stored, {"model": "smallcnn", "finetune_steps": 150, "reconstruct": False})
-    with pytest.raises(autoprune.UserError, match="reconstruct: stored False, now True"):
-        check_identity("old", stored, {"model": "smallcnn", "finetune_steps": 150, "reconstruct": True})
 
 
 def test_cli_flag_turns_the_refit_on():

@@ -12,7 +12,7 @@ from autoprune.models import build_model
 from autoprune.pipeline import plan
 from autoprune.policy import GroupChoice, Policy
 from autoprune.prune import Pruner
-from autoprune.study import check_identity
+from autoprune.study import IDENTITY_DEFAULTS, check_identity
 
 
 def test_the_head_stays_whole_and_the_stem_only_on_request():
@@ -56,11 +56,12 @@ def test_a_budget_below_reach_says_that_pruning_the_stem_reaches_it():
     assert reached.min_flops <= reached.budget.flops and reached.ignored == ["fc"]
 
 
-def test_studies_stored_before_the_option_resume_and_a_changed_choice_is_refused():
-    stored = {"config": {"model": "resnet20", "finetune_steps": 150}}
-    check_identity("old", stored, {"model": "resnet20", "finetune_steps": 150, "prune_stem": False})
-    with pytest.raises(autoprune.UserError, match="prune_stem: stored False, now True"):
-        check_identity("old", stored, {"model": "resnet20", "finetune_steps": 150, "prune_stem": True})
+@pytest.mark.parametrize(("key", "default"), sorted(IDENTITY_DEFAULTS.items()))
+def test_studies_stored_before_an_option_existed_resume_and_a_changed_choice_is_refused(key, default):
+    stored = {"config": {"model": "resnet20", "finetune_steps": 150}}  # no key: stored before it existed
+    check_identity("old", stored, {"model": "resnet20", "finetune_steps": 150, key: default})
+    with pytest.raises(autoprune.UserError, match=f"{key}: stored {default}, now {not default}"):
+        check_identity("old", stored, {"model": "resnet20", "finetune_steps": 150, key: not default})
 
 
 def test_cli_flag_reaches_the_config():
