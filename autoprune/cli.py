@@ -159,9 +159,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from autoprune import sensitivity
     from autoprune.baseline import get_dense
     from autoprune.config import human
-    from autoprune.groups import resolve_ignore
-    from autoprune.pipeline import load_config_task, plan
-    from autoprune.prune import Pruner
+    from autoprune.pipeline import load_config_task, plan, pruner_of
 
     budget_given = bool(args.budget_flops)
     if not budget_given:
@@ -171,8 +169,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     task = load_config_task(config)
     example = task.example_input()
     dense = get_dense(config, task, progress=not args.quiet)
-    ignored = resolve_ignore(dense.model, config.ignore, prune_stem=config.prune_stem)
-    pruner = Pruner(dense.model, example, ignored=ignored, round_to=config.round_to, min_channels=config.min_channels)
+    pruner = pruner_of(dense.model, example, config)
     result = sensitivity.analyse(pruner, task.train_x, (task.val_x, task.val_y), config.keep_levels,
                                  batch_size=config.batch_size, seed=config.seed, progress=not args.quiet,
                                  cache_dir=Path(config.cache_dir))

@@ -42,14 +42,14 @@ class Plan:
 def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) -> Plan:
     """Dense FLOPs, the absolute budget, and the smallest FLOPs the space can reach. Depends
     on the architecture only, so it runs on an untrained model, before any training."""
-    ignored = resolve_ignore(model, config.ignore, prune_stem=config.prune_stem)
     dense_flops = count_flops(model, example_input)
     dense_params = count_params(model)
     budget = Budget(
         flops=resolve_budget(config.budget_flops, dense_flops, "budget_flops"),
         params=resolve_budget(config.budget_params, dense_params, "budget_params") if config.budget_params else None,
     )
-    pruner = Pruner(model, example_input, ignored=ignored, round_to=config.round_to, min_channels=config.min_channels)
+    pruner = pruner_of(model, example_input, config)
+    ignored = pruner.ignored
     space = space_of(config)
     structural = [m for m in config.methods if m != "unstructured"]
     if structural:  # unstructured sparsity alone never lowers FLOPs or the parameter count
@@ -71,6 +71,15 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) ->
             f"this search space reaches: {human(min_params)} ({min_params / dense_params:.3f} of dense)"
         )
     return Plan(dense_flops, dense_params, budget, min_flops, ignored, len(pruner.groups))
+
+
+def pruner_of(model: nn.Module, example_input: torch.Tensor, config: SearchConfig, *,
+              calibration: Calibration | None = None) -> Pruner:
+    """The pruner a config describes: which layers stay whole (``ignore``, the head, the stem
+    unless ``prune_stem``), the channel rounding, and the seed of random importance."""
+    return Pruner(model, example_input, ignored=resolve_ignore(model, config.ignore, prune_stem=config.prune_stem),
+                  calibration=calibration, seed=config.seed, round_to=config.round_to,
+                  min_channels=config.min_channels)
 
 
 def space_of(config: SearchConfig) -> Space:
@@ -166,10 +175,7 @@ def search_model(
         storage, config.study_name, attrs=attrs, sampler=config.sampler, seed=config.seed,
         params_objective=config.params_objective,
     )
-    pruner = Pruner(
-        dense, example_input, ignored=the_plan.ignored, calibration=calibration_of(config, *train),
-        seed=config.seed, round_to=config.round_to, min_channels=config.min_channels,
-    )
+    pruner = pruner_of(dense, example_input, config, calibration=calibration_of(config, *train))
     space = space_of(config)
     if not resumed:
         warm_start(study, pruner, space, the_plan.budget, config, train[0], val, progress=progress)

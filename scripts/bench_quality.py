@@ -92,9 +92,7 @@ def load_bench_task(task_name: str, keep_min: float, space: str = "fill", thread
     every contender of a task starts from."""
     from autoprune.baseline import get_dense
     from autoprune.config import SearchConfig
-    from autoprune.groups import resolve_ignore
-    from autoprune.pipeline import calibration_of, load_config_task
-    from autoprune.prune import Pruner
+    from autoprune.pipeline import calibration_of, load_config_task, pruner_of
 
     # keep_min 0.125: at 0.1 of dense FLOPs, keep 0.25 everywhere is not small enough
     base = {"model": TASKS[task_name], "dataset": "fashion-mnist", "keep_min": keep_min, "space": space,
@@ -103,11 +101,9 @@ def load_bench_task(task_name: str, keep_min: float, space: str = "fill", thread
     task = load_config_task(config)
     example = task.example_input()
     dense = get_dense(config, task).model
-    ignored = resolve_ignore(dense, [], prune_stem=prune_stem)
     # the same calibration images as the search, for taylor / activation policies
-    pruner = Pruner(dense, example, ignored=ignored, calibration=calibration_of(config, task.train_x, task.train_y),
-                    seed=config.seed, min_channels=config.min_channels)
-    return base, config, task, dense, ignored, pruner
+    pruner = pruner_of(dense, example, config, calibration=calibration_of(config, task.train_x, task.train_y))
+    return base, config, task, dense, pruner.ignored, pruner
 
 
 def recover(model, task, seed: int, steps: int) -> float:
