@@ -23,7 +23,7 @@ from autoprune.groups import resolve_ignore
 from autoprune.importance import Calibration
 from autoprune.measure import FLOP_CONVENTION, count_flops, count_params
 from autoprune.objective import Budget, Objective, TrialSettings
-from autoprune.policy import Policy
+from autoprune.policy import GroupChoice, Policy
 from autoprune.prune import Pruner
 from autoprune.space import Space, widths_of
 from autoprune.train import evaluate
@@ -82,9 +82,65 @@ def pruner_of(model: nn.Module, example_input: torch.Tensor, config: SearchConfi
                   min_channels=config.min_channels)
 
 
-def space_of(config: SearchConfig) -> Space:
+def space_of(config: SearchConfig, anchor: dict[str, float] | None = None) -> Space:
     return Space(levels=tuple(config.keep_levels), methods=tuple(config.methods), distill=config.distill,
-                 shape=config.space)
+                 shape=config.space, anchor=anchor)
+
+
+def importance_for_analysis(config: SearchConfig) -> str:
+    """The importance method the sensitivity analysis and the uniform warm start use."""
+    return "l1" if "l1" in config.methods else config.methods[0]
+
+
+def sensitivity_policy(
+    pruner: Pruner,
+    budget: Budget,
+    config: SearchConfig,
+    train_x: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor],
+    *,
+    progress: bool = False,
+) -> tuple[dict[str, Any], Policy | None]:
+    """The per-group sensitivity analysis (read from the cache when the same one ran before)
+    and the policy derived from it that meets the budget (None if it cannot)."""
+    levels = list(config.keep_levels)
+    result = sensitivity.analyse(pruner, train_x, val, levels, method=importance_for_analysis(config),
+                                 batch_size=config.batch_size, seed=config.seed, progress=progress,
+                                 cache_dir=Path(config.cache_dir))
+    return result, sensitivity.derived_policy(result, pruner, levels, budget.flops)
+
+
+#: the study attribute that holds a ``local`` space's anchor keeps (so a resumed study and
+#: every worker sample around the same policy)
+ANCHOR_ATTR = "anchor"
+
+
+def local_anchor(
+    stored: dict[str, Any] | None,
+    pruner: Pruner,
+    budget: Budget,
+    config: SearchConfig,
+    train_x: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor],
+    *,
+    progress: bool = False,
+) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
+    """A ``local`` space's anchor keeps and the sensitivity analysis they come from (None for
+    the other spaces). A study that exists (``stored``: its user attributes) keeps its own
+    anchor; a new one derives it, before the study is created, so that a failure leaves no
+    study behind that would later resume without its warm start."""
+    if config.space != "local":
+        return None, None
+    if stored and stored.get(ANCHOR_ATTR):
+        return {gid: float(k) for gid, k in stored[ANCHOR_ATTR].items()}, None
+    result, policy = sensitivity_policy(pruner, budget, config, train_x, val, progress=progress)
+    if policy is None:
+        raise UserError(
+            f"the sensitivity analysis found no policy on the keep levels {list(config.keep_levels)} that meets "
+            f"budget_flops {config.budget_flops}, so the 'local' space has no policy to search around; lower "
+            "--keep-min, or use --space fill"
+        )
+    return {gid: c.keep for gid, c in policy.groups.items()}, result
 
 
 def calibration_of(config: SearchConfig, x: torch.Tensor, y: torch.Tensor) -> Calibration:
@@ -112,8 +168,11 @@ def warm_start(
 ) -> None:
     """Enqueue the first trials of a new study: ``uniform`` = uniform pruning at the largest
     keep level that meets the budget (what an engineer would try by hand); ``sensitivity`` =
-    a policy that meets the budget by pruning the least sensitive groups first."""
-    method = "l1" if "l1" in space.methods else space.methods[0]
+    a policy that meets the budget by pruning the least sensitive groups first. A ``local``
+    space always starts with its anchor (the sensitivity policy, filled to the budget); its
+    ``uniform`` trial is the nearest one the space holds (exact where every group's keep is
+    within a factor 2 of the anchor's)."""
+    method = importance_for_analysis(config)
     example_input = pruner.example_input
 
     def fits(policy: Policy) -> bool:
@@ -121,6 +180,15 @@ def warm_start(
         return count_flops(model, example_input) <= budget.flops and (
             budget.params is None or count_params(model) <= budget.params)
 
+    if space.shape == "local":
+        anchor = Policy({gid: GroupChoice(method, k) for gid, k in (space.anchor or {}).items()},
+                        distill=space.distill == "on")
+        study.enqueue_trial(space.params_for(anchor), user_attrs={"warm_start": f"sensitivity {method} (the anchor)"})
+        if "uniform" in config.warm_start:
+            uniform = space.uniform(pruner.groups, 1.0, method)
+            study.enqueue_trial(space.params_for(uniform, widths_of(uniform, space.anchor)),
+                                user_attrs={"warm_start": f"uniform {method} at the budget (nearest in the local space)"})
+        return
     if "uniform" in config.warm_start and space.shape == "fill":
         # width 0 everywhere: the scale is solved at the trial, so this is uniform at the budget
         uniform = space.uniform(pruner.groups, 1.0, method)
@@ -132,11 +200,8 @@ def warm_start(
                 study.enqueue_trial(space.params_for(policy), user_attrs={"warm_start": f"uniform {method} keep {keep}"})
                 break
     if "sensitivity" in config.warm_start:
-        result = sensitivity.analyse(pruner, train_x, val, list(space.levels), method=method,
-                                     batch_size=config.batch_size, seed=config.seed, progress=progress,
-                                     cache_dir=Path(config.cache_dir))
+        result, policy = sensitivity_policy(pruner, budget, config, train_x, val, progress=progress)
         study.set_user_attr("sensitivity", result)
-        policy = sensitivity.derived_policy(result, pruner, list(space.levels), budget.flops)
         if policy is not None and fits(policy):
             policy = Policy(policy.groups, distill=space.distill == "on")
             study.enqueue_trial(space.params_for(policy, widths_of(policy)),
@@ -171,12 +236,18 @@ def search_model(
         "units": {"flops": FLOP_CONVENTION, "accuracy": "top-1 on the search-val split, in [0, 1]",
                   "seconds": f"wall clock, {config.num_threads()} CPU thread(s)"},
     }
+    pruner = pruner_of(dense, example_input, config, calibration=calibration_of(config, *train))
+    stored = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == config.study_name), None)
+    anchor, analysis = local_anchor(stored, pruner, the_plan.budget, config, train[0], val, progress=progress)
     study, resumed = studies.create_or_resume(
         storage, config.study_name, attrs=attrs, sampler=config.sampler, seed=config.seed,
         params_objective=config.params_objective,
     )
-    pruner = pruner_of(dense, example_input, config, calibration=calibration_of(config, *train))
-    space = space_of(config)
+    if analysis is not None:
+        study.set_user_attr("sensitivity", analysis)
+    if anchor is not None and ANCHOR_ATTR not in study.user_attrs:
+        study.set_user_attr(ANCHOR_ATTR, anchor)
+    space = space_of(config, anchor)
     if not resumed:
         warm_start(study, pruner, space, the_plan.budget, config, train[0], val, progress=progress)
     objective = Objective(

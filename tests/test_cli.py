@@ -236,3 +236,44 @@ def test_sensitivity_command_and_sensitivity_warm_start(searched, monkeypatch, c
     starts = [t.user_attrs.get("warm_start", "") for t in study.trials[:2]]
     assert starts[0].startswith("uniform l1") and starts[1] == "sensitivity l1"
     assert "sensitivity" in study.user_attrs
+
+
+def test_local_space_searches_around_the_sensitivity_policy_and_resumes_around_it(searched, monkeypatch):
+    from autoprune import sensitivity
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    args = [*FAST, "--budget-flops", "0.4", "--study", "local", "--space", "local"]
+    assert main(["search", *args, "--trials", "2"]) == 0
+    study = optuna.load_study(study_name="local", storage=f"sqlite:///{searched}/studies/local.db")
+    anchor = study.user_attrs["anchor"]
+    assert "sensitivity" in study.user_attrs and len(anchor) == 5
+    first, second = study.trials[:2]
+    assert first.user_attrs["warm_start"] == "sensitivity l1 (the anchor)"
+    assert second.user_attrs["warm_start"].startswith("uniform l1 at the budget (nearest")
+    assert {k: v for k, v in first.params.items() if k.endswith(":width")} == {f"{g}:width": 0 for g in anchor}
+    keeps = {g: c["keep"] for g, c in first.user_attrs["policy"]["groups"].items()}
+    ratios = [keeps[g] / anchor[g] for g in anchor if 0.25 < keeps[g] < 1.0]
+    assert ratios and max(ratios) == pytest.approx(min(ratios), rel=1e-3)  # the anchor, scaled to the budget
+    assert first.values[1] <= study.user_attrs["autoprune"]["budget"]["flops"]
+
+    # resuming reads the stored anchor: no new analysis, even with the cache gone
+    for f in (searched / "studies" / "checkpoints").glob("sensitivity-*.json"):
+        f.unlink()
+    monkeypatch.setattr(sensitivity, "analyse", lambda *a, **k: pytest.fail("the anchor was derived again"))
+    assert main(["search", *args, "--trials", "1"]) == 0
+    study = optuna.load_study(study_name="local", storage=f"sqlite:///{searched}/studies/local.db")
+    assert len(study.trials) == 3 and study.user_attrs["anchor"] == anchor
+
+
+def test_local_space_without_an_anchor_is_refused_and_stores_nothing(searched, monkeypatch, capsys):
+    from autoprune import sensitivity
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    monkeypatch.setattr(sensitivity, "derived_policy", lambda *a, **k: None)
+    assert main(["search", *FAST, "--budget-flops", "0.4", "--study", "noanchor", "--space", "local",
+                 "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no policy to search around" in err and "--space fill" in err and "Traceback" not in err
+    assert "noanchor" not in [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{searched}/studies/noanchor.db")]
