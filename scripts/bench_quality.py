@@ -7,6 +7,7 @@ evaluated on the TEST split, over several recovery seeds:
 
   a) autoprune: best feasible policy (search-val accuracy) of a TPE search of N trials;
   as) as a, warm-started with the sensitivity-derived policy too (--warm-start uniform,sensitivity);
+  al) as a, in the ``local`` space: TPE around the sensitivity-derived policy (--space local);
   ar) as a, but each trial's model is refit to the dense layers' outputs (least squares) and
                 scored after --refit-steps of fine-tuning (0: no fine-tune), so trials are
                 several times cheaper: --refit-trials of them at about a's compute;
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refit-trials", type=int, default=200, help="trials of contender ar")
     p.add_argument("--refit-steps", type=int, default=0, help="fine-tune steps of contender ar's trials")
     p.add_argument("--contenders", default="dense,a,b,c,d",
-                   help="which of dense,a,as,ar,b,c,d,e to run (default all but e); split them over processes with their own "
+                   help="which of dense,a,as,al,ar,b,c,d,e to run (default all but e); split them over processes with their own "
                         "--out and --storage, then --merge the outs")
     p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
                    help="merge the rows of these outputs (runs of different --contenders) into --out, then report")
@@ -247,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
                                                    f"{tag}-tpe-ws", args.storage, warm_start=["uniform", "sensitivity"])
                 wall = time.perf_counter() - wall  # the trials, and the analysis unless it was cached
                 rows.append(row("as) autoprune (TPE, warm start uniform + sensitivity)", pruner.apply(policy)[0],
+                                f"trial {best.number}", f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis",
+                                policy=policy))
+            if "al" in which:
+                wall = time.perf_counter()
+                policy, best, n, cpu = search_best({**base, "space": "local"}, "tpe", args.trials, args.search_steps,
+                                                   budget, f"{tag.replace(f'-{args.space}-', '-local-')}-tpe",
+                                                   args.storage)
+                wall = time.perf_counter() - wall
+                rows.append(row("al) autoprune (TPE, local space around the sensitivity policy)", pruner.apply(policy)[0],
                                 f"trial {best.number}", f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis",
                                 policy=policy))
             if "ar" in which:
@@ -419,10 +429,12 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
                 name += ", refit proxy"
             if name.startswith("as)"):
                 name += ", sensitivity warm start"
+            if name.startswith("al)"):
+                name += ", local space"
             series.setdefault(name, []).append(
                 (r["flops"] / dense["flops"], 100 * r["test_acc_mean"], 100 * r["test_acc_std"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"a)": ("o", "C3"), "a2": ("x", "C7"), "ar": ("*", "C6"), "as": ("h", "C8"), "a3": ("v", "C4"), "a'": ("v", "C4"), "b)": ("s", "C0"),
+    styles = {"a)": ("o", "C3"), "a2": ("x", "C7"), "ar": ("*", "C6"), "as": ("h", "C8"), "al": ("p", "C9"), "a3": ("v", "C4"), "a'": ("v", "C4"), "b)": ("s", "C0"),
               "c)": ("^", "C2"), "d)": ("D", "C1"), "e)": ("P", "C5")}
     for name, pts in series.items():
         marker, color = styles.get(name[:2], ("x", "C7"))
