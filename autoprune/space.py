@@ -32,6 +32,7 @@ from autoprune.policy import GroupChoice, Policy
 
 #: relative widths 2 ** (w / 2) for w in -4..4: from a quarter to four times the uniform width
 WIDTH_RANGE = 4
+WIDTH_STEPS_PER_OCTAVE = 2
 
 #: (relative width per group, method or methods per group) -> the policy that spends the budget
 Fit = Callable[[Mapping[str, float], str | Mapping[str, str]], Policy]
@@ -39,14 +40,15 @@ Fit = Callable[[Mapping[str, float], str | Mapping[str, str]], Policy]
 
 #: relative widths 2 ** (w / 4) around the anchor for w in -4..4: from half to twice its keep
 LOCAL_RANGE = 4
+LOCAL_STEPS_PER_OCTAVE = 4
 
 
 def width(w: int) -> float:
-    return 2.0 ** (w / 2)
+    return 2.0 ** (w / WIDTH_STEPS_PER_OCTAVE)
 
 
 def local_width(w: int) -> float:
-    return 2.0 ** (w / 4)
+    return 2.0 ** (w / LOCAL_STEPS_PER_OCTAVE)
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def widths_of(policy: Policy, anchor: Mapping[str, float] | None = None) -> dict
     if not rel:
         return {}
     mean = math.exp(sum(math.log(k) for k in rel.values()) / len(rel))
-    per_octave, r = (4, LOCAL_RANGE) if anchor else (2, WIDTH_RANGE)
+    per_octave, r = (LOCAL_STEPS_PER_OCTAVE, LOCAL_RANGE) if anchor else (WIDTH_STEPS_PER_OCTAVE, WIDTH_RANGE)
     return {gid: max(-r, min(r, round(per_octave * math.log2(k / mean)))) for gid, k in rel.items()}
 
 
