@@ -160,7 +160,12 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from autoprune import sensitivity
     from autoprune.baseline import get_dense
     from autoprune.config import human
-    from autoprune.pipeline import load_config_task, plan, pruner_of
+    from autoprune.pipeline import (
+        importance_for_analysis,
+        load_config_task,
+        plan,
+        pruner_of,
+    )
 
     budget_given = bool(args.budget_flops)
     if not budget_given:
@@ -171,9 +176,10 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     example = task.example_input()
     dense = get_dense(config, task, progress=not args.quiet)
     pruner = pruner_of(dense.model, example, config)
+    # the same method, hence the same cached analysis and policy, as --warm-start sensitivity / --space local
     result = sensitivity.analyse(pruner, task.train_x, (task.val_x, task.val_y), config.keep_levels,
-                                 batch_size=config.batch_size, seed=config.seed, progress=not args.quiet,
-                                 cache_dir=Path(config.cache_dir))
+                                 method=importance_for_analysis(config), batch_size=config.batch_size,
+                                 seed=config.seed, progress=not args.quiet, cache_dir=Path(config.cache_dir))
     paths = sensitivity.write(result, _out_dir(args, config.study_name))
     print(sensitivity.format_table(result))
     if budget_given:

@@ -229,6 +229,10 @@ def test_sensitivity_command_and_sensitivity_warm_start(searched, monkeypatch, c
     assert "search-val accuracy after pruning one group" in out and "policy for" in out
     result = json.loads((searched / "studies" / "sens" / "sensitivity.json").read_text())
     assert len(result["groups"]) == 5 and (searched / "studies" / "sens" / "sensitivity.png").exists()
+    assert result["method"] == "l1"
+    # without l1 in the search, the analysis uses the method the warm start and the local space use
+    assert main(["sensitivity", *FAST, "--methods", "fpgm,l2", "--study", "sens-fpgm"]) == 0
+    assert json.loads((searched / "studies" / "sens-fpgm" / "sensitivity.json").read_text())["method"] == "fpgm"
 
     assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "2", "--study", "ws",
                  "--warm-start", "uniform,sensitivity"]) == 0
