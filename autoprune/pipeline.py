@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,13 +118,8 @@ ANCHOR_ATTR = "anchor"
 
 def local_anchor(
     stored: dict[str, Any] | None,
-    pruner: Pruner,
-    budget: Budget,
     config: SearchConfig,
-    train_x: torch.Tensor,
-    val: tuple[torch.Tensor, torch.Tensor],
-    *,
-    progress: bool = False,
+    derive: Callable[[], tuple[dict[str, Any], Policy | None]],
 ) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
     """A ``local`` space's anchor keeps and the sensitivity analysis they come from (None for
     the other spaces). A study that exists (``stored``: its user attributes) keeps its own
@@ -133,7 +129,7 @@ def local_anchor(
         return None, None
     if stored and stored.get(ANCHOR_ATTR):
         return {gid: float(k) for gid, k in stored[ANCHOR_ATTR].items()}, None
-    result, policy = sensitivity_policy(pruner, budget, config, train_x, val, progress=progress)
+    result, policy = derive()  # sensitivity_policy(...): the analysis, and the policy derived from it
     if policy is None:
         raise UserError(
             f"the sensitivity analysis found no policy on the keep levels {list(config.keep_levels)} that meets "
@@ -238,7 +234,8 @@ def search_model(
     }
     pruner = pruner_of(dense, example_input, config, calibration=calibration_of(config, *train))
     stored = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == config.study_name), None)
-    anchor, analysis = local_anchor(stored, pruner, the_plan.budget, config, train[0], val, progress=progress)
+    anchor, analysis = local_anchor(stored, config, lambda: sensitivity_policy(
+        pruner, the_plan.budget, config, train[0], val, progress=progress))
     study, resumed = studies.create_or_resume(
         storage, config.study_name, attrs=attrs, sampler=config.sampler, seed=config.seed,
         params_objective=config.params_objective,
