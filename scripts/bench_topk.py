@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--keep-min", type=float, default=0.125)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--prune-stem", action="store_true", help="for studies searched with --prune-stem")
     p.add_argument("--out", default=None, help="default results/bench_topk-<task>-<budget>.json")
     args = p.parse_args(argv)
 
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.policy import Policy
 
     torch.set_num_threads(args.threads)
-    _, _, task, _, _, pruner = load_bench_task(args.task, args.keep_min, threads=args.threads)
+    _, _, task, _, _, pruner = load_bench_task(args.task, args.keep_min, threads=args.threads,
+                                                 prune_stem=args.prune_stem)
 
     out = Path(args.out or ROOT / "results" / f"bench_topk-{args.task}-{args.budget}.json")
     results = json.loads(out.read_text()) if out.exists() else {}
