@@ -41,7 +41,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", help="tpe (default), nsga2, random, gp")
     p.add_argument("--space", help="fill (default): every trial spends the budget, the search picks where; "
                    "free: absolute keep levels, trials spread over FLOPs; local: like fill, around the policy the "
-                   "per-group sensitivity analysis derives (half to twice its keeps; the analysis is cached)")
+                   "per-group sensitivity analysis derives (half to twice its keeps; the analysis is cached); blend: the "
+                   "line from uniform pruning to that policy (t = 0..1.25, 11 points, all tried in turn)")
     p.add_argument("--methods", help="comma-separated importance methods to search over (l1,l2,fpgm,taylor,activation,random,unstructured)")
     p.add_argument("--keep-min", type=float, help="smallest keep ratio per group")
     p.add_argument("--keep-step", type=float, help="spacing of keep ratios")

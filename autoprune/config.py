@@ -18,7 +18,7 @@ from typing import Any
 from autoprune.errors import UserError, unknown_choice
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
-SPACES = ("fill", "free", "local")
+SPACES = ("fill", "free", "local", "blend")
 DISTILL = ("off", "on", "search")
 WARM_STARTS = ("uniform", "sensitivity")
 DEFAULT_METHODS = ("l1", "l2", "fpgm", "taylor", "activation")
@@ -51,7 +51,8 @@ class SearchConfig:
     threads: int | None = None
     # space
     space: str = "fill"  # "fill": relative widths scaled to spend the budget; "free": absolute keep levels;
-    # "local": fill around the sensitivity-derived policy (half to twice its keeps)
+    # "local": fill around the sensitivity-derived policy (half to twice its keeps);
+    # "blend": the line from uniform to the sensitivity-derived policy, every point tried in turn
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     keep_min: float = 0.25
     keep_max: float = 1.0

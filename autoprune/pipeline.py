@@ -26,7 +26,13 @@ from autoprune.measure import FLOP_CONVENTION, count_flops, count_params
 from autoprune.objective import Budget, Objective, TrialSettings
 from autoprune.policy import GroupChoice, Policy
 from autoprune.prune import Pruner
-from autoprune.space import Space, widths_of
+from autoprune.space import (
+    BLEND_PARAM,
+    BLEND_STEPS_PER_UNIT,
+    Space,
+    blend_order,
+    widths_of,
+)
 from autoprune.train import evaluate
 
 
@@ -84,7 +90,9 @@ def pruner_of(model: nn.Module, example_input: torch.Tensor, config: SearchConfi
 
 
 def space_of(config: SearchConfig, anchor: dict[str, float] | None = None) -> Space:
-    return Space(levels=tuple(config.keep_levels), methods=tuple(config.methods), distill=config.distill,
+    # a blend space moves along one line, between two policies of the analysis' method
+    methods = (importance_for_analysis(config),) if config.space == "blend" else tuple(config.methods)
+    return Space(levels=tuple(config.keep_levels), methods=methods, distill=config.distill,
                  shape=config.space, anchor=anchor)
 
 
@@ -111,7 +119,7 @@ def sensitivity_policy(
     return result, sensitivity.derived_policy(result, pruner, levels, budget.flops)
 
 
-#: the study attribute that holds a ``local`` space's anchor keeps (so a resumed study and
+#: the study attribute that holds a ``local`` or ``blend`` space's anchor keeps (so a resumed study and
 #: every worker sample around the same policy)
 ANCHOR_ATTR = "anchor"
 
@@ -121,11 +129,11 @@ def local_anchor(
     config: SearchConfig,
     derive: Callable[[], tuple[dict[str, Any], Policy | None]],
 ) -> tuple[dict[str, float] | None, dict[str, Any] | None]:
-    """A ``local`` space's anchor keeps and the sensitivity analysis they come from (None for
-    the other spaces). A study that exists (``stored``: its user attributes) keeps its own
+    """A ``local`` or ``blend`` space's anchor keeps and the sensitivity analysis they come
+    from (None for the other spaces). A study that exists (``stored``: its user attributes) keeps its own
     anchor; a new one derives it, before the study is created, so that a failure leaves no
     study behind that would later resume without its warm start."""
-    if config.space != "local":
+    if config.space not in ("local", "blend"):
         return None, None
     if stored and stored.get(ANCHOR_ATTR):
         return {gid: float(k) for gid, k in stored[ANCHOR_ATTR].items()}, None
@@ -133,7 +141,7 @@ def local_anchor(
     if policy is None:
         raise UserError(
             f"the sensitivity analysis found no policy on the keep levels {list(config.keep_levels)} that meets "
-            f"budget_flops {config.budget_flops}, so the 'local' space has no policy to search around; lower "
+            f"budget_flops {config.budget_flops}, so the {config.space!r} space has no policy to search around; lower "
             "--keep-min, or use --space fill"
         )
     return {gid: c.keep for gid, c in policy.groups.items()}, result
@@ -167,7 +175,8 @@ def warm_start(
     a policy that meets the budget by pruning the least sensitive groups first. A ``local``
     space always starts with its anchor (the sensitivity policy, filled to the budget); its
     ``uniform`` trial is the nearest one the space holds (exact where every group's keep is
-    within a factor 2 of the anchor's)."""
+    within a factor 2 of the anchor's). A ``blend`` space enqueues every point of its line,
+    coarse to fine (the anchor, uniform, then halving the gaps)."""
     method = importance_for_analysis(config)
     example_input = pruner.example_input
 
@@ -176,6 +185,12 @@ def warm_start(
         return count_flops(model, example_input) <= budget.flops and (
             budget.params is None or count_params(model) <= budget.params)
 
+    if space.shape == "blend":
+        for b in blend_order():
+            t = b / BLEND_STEPS_PER_UNIT
+            label = "uniform" if b == 0 else "the anchor (sensitivity)" if b == BLEND_STEPS_PER_UNIT else "blend"
+            study.enqueue_trial({BLEND_PARAM: b}, user_attrs={"warm_start": f"{label} {method}, t={t:g}"})
+        return
     if space.shape == "local":
         anchor = Policy({gid: GroupChoice(method, k) for gid, k in (space.anchor or {}).items()},
                         distill=space.distill == "on")

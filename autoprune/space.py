@@ -17,6 +17,13 @@ Two shapes of space (``SearchConfig.space``):
   from the per-group sensitivity analysis, so the sampler refines a good allocation instead
   of looking for one among all of them (where, on ResNet-20, most random allocations recover
   worse than uniform). Width 0 everywhere is the anchor itself at the budget.
+- ``blend``: one parameter, the line from uniform pruning to the anchor: per group a relative
+  width ``anchor[g] ** t`` with ``t = b / BLEND_STEPS_PER_UNIT`` for an integer ``b`` in
+  ``0..BLEND_MAX`` (t = 0 is uniform, t = 1 the anchor, t > 1 goes past it), scaled to spend
+  the budget; every group uses the analysis' importance method. Its few points are all
+  enqueued, coarse to fine, as the study's first trials (see ``blend_order``). On ResNet-20 the
+  recovered accuracy peaks between the two ends, which neither per-group space finds in
+  15 trials.
 """
 
 from __future__ import annotations
@@ -42,6 +49,22 @@ Fit = Callable[[Mapping[str, float], str | Mapping[str, str]], Policy]
 LOCAL_RANGE = 4
 LOCAL_STEPS_PER_OCTAVE = 4
 
+#: blend points b in 0..BLEND_MAX, t = b / BLEND_STEPS_PER_UNIT: from uniform (0) to 1.25 x the way to the anchor
+BLEND_MAX = 10
+BLEND_STEPS_PER_UNIT = 8
+BLEND_PARAM = "blend"
+
+
+def blend_order() -> list[int]:
+    """The blend points in the order a study tries them: the anchor, uniform, then halving the
+    gaps (coarse to fine), so that a search stopped early has covered the line evenly."""
+    order = [BLEND_STEPS_PER_UNIT, 0]
+    step = BLEND_STEPS_PER_UNIT
+    while len(order) <= BLEND_MAX and step > 1:
+        step //= 2
+        order += [b for b in range(step, BLEND_MAX + 1, step) if b not in order]
+    return order + [b for b in range(BLEND_MAX + 1) if b not in order]
+
 
 def width(w: int) -> float:
     return 2.0 ** (w / WIDTH_STEPS_PER_OCTAVE)
@@ -56,14 +79,15 @@ class Space:
     levels: tuple[float, ...]  # keep ratios, evenly spaced ("free"); [levels[0], levels[-1]] bounds keep ("fill")
     methods: tuple[str, ...]
     distill: str = "off"  # "off" | "on" | "search"
-    shape: str = "free"  # "fill" | "free" | "local"
-    #: ``local`` only: the keep ratio per group that width 0 stands for (the sensitivity policy)
+    shape: str = "free"  # "fill" | "free" | "local" | "blend"
+    #: ``local`` and ``blend``: the keep ratio per group that width 0 (local) or t = 1 (blend)
+    #: stands for (the sensitivity policy)
     anchor: Mapping[str, float] | None = None
 
     @property
     def relative(self) -> bool:
         """Whether trials sample relative widths that the budget solver scales (fill, local)."""
-        return self.shape in ("fill", "local")
+        return self.shape in ("fill", "local", "blend")
 
     def bounds(self) -> tuple[int, int]:
         """The integer range of a relative width parameter."""
@@ -71,9 +95,11 @@ class Space:
         return -r, r
 
     def relative_width(self, gid: str, w: int) -> float:
-        if self.shape == "local":
+        if self.shape in ("local", "blend"):
             if not self.anchor or gid not in self.anchor:
-                raise ValueError(f"a 'local' space needs an anchor keep for group {gid}")
+                raise ValueError(f"a {self.shape!r} space needs an anchor keep for group {gid}")
+            if self.shape == "blend":
+                return self.anchor[gid] ** (w / BLEND_STEPS_PER_UNIT)
             return self.anchor[gid] * local_width(w)
         return width(w)
 
@@ -87,8 +113,12 @@ class Space:
         if self.relative:
             if fit is None:
                 raise ValueError(f"a {self.shape!r} space needs the budget solver (fit)")
-            lo, hi = self.bounds()
-            widths = {g.id: self.relative_width(g.id, trial.suggest_int(f"{g.id}:width", lo, hi)) for g in groups}
+            if self.shape == "blend":
+                b = trial.suggest_int(BLEND_PARAM, 0, BLEND_MAX)
+                widths = {g.id: self.relative_width(g.id, b) for g in groups}
+            else:
+                lo, hi = self.bounds()
+                widths = {g.id: self.relative_width(g.id, trial.suggest_int(f"{g.id}:width", lo, hi)) for g in groups}
             policy = fit(widths, methods)
             return Policy(groups=policy.groups, distill=distill)
         lo, hi = self.levels[0], self.levels[-1]
@@ -100,7 +130,7 @@ class Space:
         return Policy(groups=choices, distill=distill)
 
     def _method(self, trial: optuna.Trial, group: Group) -> str:
-        if len(self.methods) > 1:
+        if len(self.methods) > 1 and self.shape != "blend":
             return trial.suggest_categorical(f"{group.id}:method", list(self.methods))
         return self.methods[0]
 
@@ -109,6 +139,8 @@ class Space:
         ``fill`` or ``local`` space takes the integer widths (``widths_of`` approximates them
         from keeps)."""
         params: dict[str, object] = {}
+        if self.shape == "blend":
+            raise ValueError("a 'blend' space has one parameter: enqueue {'blend': b}, see blend_order()")
         for gid, choice in policy.groups.items():
             if len(self.methods) > 1:
                 params[f"{gid}:method"] = choice.method

@@ -270,6 +270,39 @@ def test_local_space_searches_around_the_sensitivity_policy_and_resumes_around_i
     assert len(study.trials) == 3 and study.user_attrs["anchor"] == anchor
 
 
+def test_blend_space_walks_from_uniform_to_the_sensitivity_policy(searched, monkeypatch):
+    """--space blend: the anchor, then uniform, then the point halfway, each at the budget
+    with the analysis' method; keeps of t = 1/2 are the geometric mean of the two ends'
+    (up to the common scale the budget solve sets)."""
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    assert main(["search", *FAST, "--budget-flops", "0.4", "--study", "blend", "--space", "blend",
+                 "--methods", "fpgm,l1", "--trials", "3"]) == 0
+    study = optuna.load_study(study_name="blend", storage=f"sqlite:///{searched}/studies/blend.db")
+    anchor = study.user_attrs["anchor"]
+    done = [t for t in study.trials if t.state.is_finished()]
+    assert len(study.trials) == 11  # the rest of the line waits for the next run (--trials more)
+    assert [t.params for t in done] == [{"blend": 8}, {"blend": 0}, {"blend": 4}]
+    assert [t.user_attrs["warm_start"] for t in done] == [
+        "the anchor (sensitivity) l1, t=1", "uniform l1, t=0", "blend l1, t=0.5"]
+    budget = study.user_attrs["autoprune"]["budget"]["flops"]
+    keeps = []
+    for t in done:
+        groups = t.user_attrs["policy"]["groups"]
+        assert {c["method"] for c in groups.values()} == {"l1"}
+        assert 0.8 * budget < t.values[1] <= budget
+        keeps.append({g: c["keep"] for g, c in groups.items()})
+    at_anchor, at_uniform, half = keeps
+    inner = [g for g in anchor if all(0.25 < k[g] < 1.0 for k in keeps)]
+    assert len(inner) >= 2
+    assert max(at_uniform[g] for g in inner) == pytest.approx(min(at_uniform[g] for g in inner), rel=1e-3)
+    for a in inner:
+        for b in inner:
+            assert at_anchor[a] / at_anchor[b] == pytest.approx(anchor[a] / anchor[b], rel=1e-3)
+            assert half[a] / half[b] == pytest.approx((anchor[a] / anchor[b]) ** 0.5, rel=1e-3)
+
+
 def test_local_space_without_an_anchor_is_refused_and_stores_nothing(searched, monkeypatch, capsys):
     from autoprune import sensitivity
     from autoprune.cli import main

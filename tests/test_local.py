@@ -11,7 +11,7 @@ from autoprune.measure import count_flops
 from autoprune.objective import Budget, Objective, TrialSettings
 from autoprune.policy import GroupChoice, Policy
 from autoprune.prune import Pruner
-from autoprune.space import LOCAL_RANGE, Space, widths_of
+from autoprune.space import BLEND_MAX, LOCAL_RANGE, Space, blend_order, widths_of
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,17 @@ def test_widths_of_a_policy_relative_to_an_anchor():
     far = Policy({"a": GroupChoice("l1", 0.01), "b": GroupChoice("l1", 1.0)})
     assert widths_of(far, {"a": 1.0, "b": 1.0}) == {"a": -LOCAL_RANGE, "b": LOCAL_RANGE}  # clipped
     assert math.isclose(2 ** (LOCAL_RANGE / 4), 2.0)
+
+
+def test_blend_order_tries_every_point_once_coarse_to_fine():
+    order = blend_order()
+    assert sorted(order) == list(range(BLEND_MAX + 1))
+    assert order[:3] == [8, 0, 4]  # the anchor, uniform, halfway
+
+
+def test_blend_space_needs_its_anchor_and_has_one_parameter():
+    space = Space(levels=(0.125, 1.0), methods=("l1",), shape="blend")
+    with pytest.raises(ValueError, match="anchor"):
+        space.relative_width("g", 4)
+    with pytest.raises(ValueError, match="one parameter"):
+        space.params_for(Policy({"g": GroupChoice("l1", 0.5)}))
