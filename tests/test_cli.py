@@ -134,7 +134,7 @@ BAD = [
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: cifar10, digits, fashion-mnist, imagefolder"),
     (["--methods", "l1,l3"], "unknown importance method 'l3'; valid choices: activation, fpgm, l1, l2, random, taylor, unstructured"),
     (["--sampler", "cmaes"], "unknown sampler 'cmaes'; valid choices: gp, nsga2, random, tpe"),
-    (["--space", "wide"], "unknown search space 'wide'; valid choices: fill, free"),
+    (["--space", "wide"], "unknown search space 'wide'; valid choices: blend, fill, free, local"),
     (["--storage", "nosuchdb://x"], "cannot open storage 'nosuchdb://x'"),
     (["--checkpoint", "BADCKPT"], "cannot load checkpoint"),
     (["--budget-flops", "0.01"], "is below the smallest this search space reaches"),
