@@ -8,6 +8,8 @@ evaluated on the TEST split, over several recovery seeds:
   a) autoprune: best feasible policy (search-val accuracy) of a TPE search of N trials;
   as) as a, warm-started with the sensitivity-derived policy too (--warm-start uniform,sensitivity);
   al) as a, in the ``local`` space: TPE around the sensitivity-derived policy (--space local);
+  ab) as a, in the ``blend`` space: the line from uniform to the sensitivity-derived policy,
+      its points tried coarse to fine (--space blend; at most 11 trials, the grid's size);
   ar) as a, but each trial's model is refit to the dense layers' outputs (least squares) and
                 scored after --refit-steps of fine-tuning (0: no fine-tune), so trials are
                 several times cheaper: --refit-trials of them at about a's compute;
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from autoprune.config import resolve_budget
     from autoprune.measure import count_flops, count_params, latency_ms
+    from autoprune.space import BLEND_MAX, BLEND_STEPS_PER_UNIT
 
     torch.set_num_threads(args.threads)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -259,6 +262,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row("al) autoprune (TPE, local space around the sensitivity policy)", pruner.apply(policy)[0],
                                 f"trial {best.number}", f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis",
                                 policy=policy))
+            if "ab" in which:
+                wall = time.perf_counter()
+                n_blend = min(args.trials, BLEND_MAX + 1)  # the whole line; more trials would repeat points
+                policy, best, n, cpu = search_best({**base, "space": "blend"}, "tpe", n_blend, args.search_steps,
+                                                   budget, f"{tag.replace(f'-{args.space}-', '-blend-')}-tpe"
+                                                   .replace(f"-{args.trials}-", f"-{n_blend}-"), args.storage)
+                wall = time.perf_counter() - wall
+                t = best.params.get("blend", 0) / BLEND_STEPS_PER_UNIT
+                rows.append(row("ab) autoprune (blend space, uniform to the sensitivity policy)", pruner.apply(policy)[0],
+                                f"trial {best.number}, t={t:g}",
+                                f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis", policy=policy))
             if "ar" in which:
                 policy, best, n, cpu = search_best(base, "tpe", args.refit_trials, args.refit_steps, budget,
                                                    f"{task_name}-{budget}-{args.space}-{args.refit_trials}-tpe-refit"
@@ -431,10 +445,12 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
                 name += ", sensitivity warm start"
             if name.startswith("al)"):
                 name += ", local space"
+            if name.startswith("ab)"):
+                name += ", blend space"
             series.setdefault(name, []).append(
                 (r["flops"] / dense["flops"], 100 * r["test_acc_mean"], 100 * r["test_acc_std"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"a)": ("o", "C3"), "a2": ("x", "C7"), "ar": ("*", "C6"), "as": ("h", "C8"), "al": ("p", "C9"), "a3": ("v", "C4"), "a'": ("v", "C4"), "b)": ("s", "C0"),
+    styles = {"a)": ("o", "C3"), "a2": ("x", "C7"), "ar": ("*", "C6"), "as": ("h", "C8"), "al": ("p", "C9"), "ab": ("X", "C3"), "a3": ("v", "C4"), "a'": ("v", "C4"), "b)": ("s", "C0"),
               "c)": ("^", "C2"), "d)": ("D", "C1"), "e)": ("P", "C5")}
     for name, pts in series.items():
         marker, color = styles.get(name[:2], ("x", "C7"))
