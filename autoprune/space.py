@@ -1,7 +1,7 @@
 """The search space: what a trial samples (per group: method and width; globally:
 distillation), and policies to enqueue as warm starts. The only pruning module that knows Optuna.
 
-Two shapes of space (``SearchConfig.space``):
+The shapes of space (``SearchConfig.space``):
 
 - ``fill`` (default): per group a *relative width* ``2 ** (w / 2)`` with ``w`` an integer in
   ``[-WIDTH_RANGE, WIDTH_RANGE]``; one scale factor shared by all groups is then solved, from
@@ -86,7 +86,7 @@ class Space:
 
     @property
     def relative(self) -> bool:
-        """Whether trials sample relative widths that the budget solver scales (fill, local)."""
+        """Whether trials sample relative widths that the budget solver scales (fill, local, blend)."""
         return self.shape in ("fill", "local", "blend")
 
     def bounds(self) -> tuple[int, int]:
