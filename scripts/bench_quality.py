@@ -265,9 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             if "ab" in which:
                 wall = time.perf_counter()
                 n_blend = min(args.trials, BLEND_MAX + 1)  # the whole line; more trials would repeat points
+                stem = "-stem" if args.prune_stem else ""
                 policy, best, n, cpu = search_best({**base, "space": "blend"}, "tpe", n_blend, args.search_steps,
-                                                   budget, f"{tag.replace(f'-{args.space}-', '-blend-')}-tpe"
-                                                   .replace(f"-{args.trials}-", f"-{n_blend}-"), args.storage)
+                                                   budget, f"{task_name}-{budget}-blend-{n_blend}{stem}-tpe",
+                                                   args.storage)
                 wall = time.perf_counter() - wall
                 t = best.params.get("blend", 0) / BLEND_STEPS_PER_UNIT
                 rows.append(row("ab) autoprune (blend space, uniform to the sensitivity policy)", pruner.apply(policy)[0],
