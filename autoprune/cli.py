@@ -88,11 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, help="trial number (see 'autoprune front')")
-    which.add_argument("--best", action="store_true", help="the feasible trial with the best search-val accuracy")
+    which.add_argument("--best", action="store_true", help="the best trial confirmed by 'autoprune confirm' if any, "
+                       "else the feasible trial with the best search-val accuracy")
     which.add_argument("--policy", help="a policy.json file (e.g. edited by hand or exported elsewhere) instead of a trial")
     p.add_argument("--finetune-steps", type=int, default=1000, help="fine-tune mini-batches (default 1000)")
     p.add_argument("--data-root", help="dataset folder, if it moved since the search")
     p.add_argument("--out", help="export folder (default studies/<study>/trial-<N>/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = sub.add_parser("confirm", help="re-score the best trials after a longer fine-tune (apply --best then picks by it)",
+                       description="Recover the top trials' policies as apply would (prune, BN recalibration, "
+                       "--steps fine-tune steps per seed) and score them on search-val; results are stored in the "
+                       "study, and apply --best then takes the best confirmed trial.", epilog=EPILOG)
+    _study_args(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--top", type=int, default=3, help="confirm this many best feasible trials by search-val (default 3)")
+    which.add_argument("--trials", help="comma-separated trial numbers to confirm instead (e.g. to split the work "
+                       "between workers)")
+    p.add_argument("--steps", type=int, default=1000, help="fine-tune steps per run (default 1000, as apply)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per trial, seeds seed..seed+N-1 of the study (default 1)")
+    p.add_argument("--data-root", help="dataset folder, if it moved since the search")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -152,6 +166,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if best is not None:
         print(f"apply the best feasible policy (trial {best.number}): autoprune apply --storage {config.storage_url} "
               f"--study {study.study_name} --best")
+        print(f"or first re-score the top trials after a longer fine-tune: autoprune confirm --storage "
+              f"{config.storage_url} --study {study.study_name} --top 3")
     return 0
 
 
@@ -236,6 +252,46 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trial_numbers(text: str) -> list[int]:
+    numbers = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise UserError(f"--trials: {part!r} is not a trial number; give comma-separated numbers such as 4,7,9")
+        numbers.append(int(part))
+    return numbers
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from autoprune import confirm
+    from autoprune import study as studies
+
+    numbers = _trial_numbers(args.trials) if args.trials else None
+    for flag, value in (("--steps", args.steps), ("--seeds", args.seeds), ("--top", args.top)):
+        if value < 1:
+            raise UserError(f"{flag} {value} must be at least 1")
+    storage, name = _storage_and_study(args)
+    study = studies.load(storage, name)
+    trials = confirm.candidates(study, top=args.top, numbers=numbers)
+    if not trials:
+        raise UserError(f"study {study.study_name!r} has no completed feasible trial yet")
+    print(f"confirming {len(trials)} trial(s) of {study.study_name!r} ({', '.join(str(t.number) for t in trials)}): "
+          f"{args.steps} fine-tune steps x {args.seeds} seed(s), scored on search-val", file=sys.stderr)
+
+    def done(trial: Any, run: dict[str, Any]) -> None:
+        print(f"trial {trial.number} seed {run['seed']}: {run['accuracy']:.4f} "
+              f"(search {trial.values[0]:.4f}; {run['seconds']:.0f} s)", file=sys.stderr)
+
+    confirm.confirm(study, trials, steps=args.steps, seeds=args.seeds, data_root=args.data_root,
+                    progress=not args.quiet, on_run=done)
+    print(confirm.format_table(study, args.steps))
+    best = confirm.best_confirmed(study)
+    if best is not None:
+        print(f"\nbest confirmed: trial {best.number}; apply it: autoprune apply --storage {storage} "
+              f"--study {study.study_name} --best")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*experimental.*")
@@ -245,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        commands = {"search": cmd_search, "sensitivity": cmd_sensitivity, "front": cmd_front, "apply": cmd_apply}
+        commands = {"search": cmd_search, "sensitivity": cmd_sensitivity, "front": cmd_front, "apply": cmd_apply,
+                    "confirm": cmd_confirm}
         return commands[args.command](args)
     except UserError as exc:
         print(f"autoprune {args.command}: error: {exc}", file=sys.stderr)

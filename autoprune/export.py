@@ -23,8 +23,10 @@ from autoprune.train import evaluate, file_sha256, finetune, load_weights, recal
 
 
 def choose_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
-    if number is None:
-        best = studies.best_feasible(study)
+    if number is None:  # the best confirmed trial if 'autoprune confirm' ran, else the best search-val score
+        from autoprune.confirm import best_confirmed
+
+        best = best_confirmed(study) or studies.best_feasible(study)
         if best is None:
             raise UserError(f"study {study.study_name!r} has no completed feasible trial yet")
         return best

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Apply the best feasible policy of a study: re-prune the dense model, fine-tune longer,
+"""Apply the best policy of a study (the best confirmed trial if `autoprune confirm` ran, else the best
+feasible search-val score): re-prune the dense model, fine-tune longer,
 evaluate on the test split, export model.pt + policy.json + report.
 
     python scripts/apply_best_policy.py --storage sqlite:///studies/fashion-mnist-smallcnn.db

@@ -10,6 +10,8 @@ evaluated on the TEST split, over several recovery seeds:
   al) as a, in the ``local`` space: TPE around the sensitivity-derived policy (--space local);
   ab) as a, in the ``blend`` space: the line from uniform to the sensitivity-derived policy,
       its points tried coarse to fine (--space blend; at most 11 trials, the grid's size);
+  abc) as ab, then ``autoprune confirm``: its --confirm-top trials recovered exactly as below
+      but scored on search-val, and the best of those picked;
   ar) as a, but each trial's model is refit to the dense layers' outputs (least squares) and
                 scored after --refit-steps of fine-tuning (0: no fine-tune), so trials are
                 several times cheaper: --refit-trials of them at about a's compute;
@@ -152,6 +154,25 @@ def search_best(config, sampler: str, trials: int, steps: int, budget: str, stud
     return Policy.from_dict(best.user_attrs["policy"]), best, trained(s), cpu
 
 
+def confirmed_best(storage: str, study: str, top: int, steps: int, seeds: int):
+    """``autoprune confirm`` on a search's ``top`` trials (runs already stored are reused);
+    return (the best confirmed policy, its trial, the confirmation seconds stored for them)."""
+    from autoprune import confirm
+    from autoprune import study as studies
+    from autoprune.policy import Policy
+
+    s = studies.load(storage, study)
+    trials = confirm.candidates(s, top=top)
+    confirm.confirm(s, trials, steps=steps, seeds=seeds, progress=True)
+    s = studies.load(storage, study)
+    print(confirm.format_table(s, steps))
+    numbers = {t.number for t in trials}
+    secs = sum(r["seconds"] for n, rs in confirm.runs(s).items() if n in numbers for r in rs
+               if r["steps"] == steps and r["seed"] < seeds)
+    best = confirm.best_confirmed(s)
+    return Policy.from_dict(best.user_attrs["policy"]), best, secs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default="smallcnn,resnet20")
@@ -167,10 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--early-stop", type=float, default=0.0,
                    help="also run (a) with early stopping after this fraction of the fine-tune steps")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadier on a shared 2-core box)")
+    p.add_argument("--confirm-top", type=int, default=3,
+                   help="contender abc: how many of ab's best trials autoprune confirm re-scores (default 3)")
+    p.add_argument("--confirm-seeds", type=int, default=1, help="contender abc: recovery seeds per confirmed trial")
     p.add_argument("--refit-trials", type=int, default=200, help="trials of contender ar")
     p.add_argument("--refit-steps", type=int, default=0, help="fine-tune steps of contender ar's trials")
     p.add_argument("--contenders", default="dense,a,b,c,d",
-                   help="which of dense,a,as,al,ar,b,c,d,e to run (default all but e); split them over processes with their own "
+                   help="which of dense,a,as,al,ab,abc,ar,b,c,d,e to run (default all but e); split them over processes with their own "
                         "--out and --storage, then --merge the outs")
     p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
                    help="merge the rows of these outputs (runs of different --contenders) into --out, then report")
@@ -262,18 +286,27 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row("al) autoprune (TPE, local space around the sensitivity policy)", pruner.apply(policy)[0],
                                 f"trial {best.number}", f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis",
                                 policy=policy))
-            if "ab" in which:
+            if "ab" in which or "abc" in which:
                 wall = time.perf_counter()
                 n_blend = min(args.trials, BLEND_MAX + 1)  # the whole line; more trials would repeat points
                 stem = "-stem" if args.prune_stem else ""
+                study_name = f"{task_name}-{budget}-blend-{n_blend}{stem}-tpe"
                 policy, best, n, cpu = search_best({**base, "space": "blend"}, "tpe", n_blend, args.search_steps,
-                                                   budget, f"{task_name}-{budget}-blend-{n_blend}{stem}-tpe",
-                                                   args.storage)
+                                                   budget, study_name, args.storage)
                 wall = time.perf_counter() - wall
-                t = best.params.get("blend", 0) / BLEND_STEPS_PER_UNIT
-                rows.append(row("ab) autoprune (blend space, uniform to the sensitivity policy)", pruner.apply(policy)[0],
-                                f"trial {best.number}, t={t:g}",
-                                f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis", policy=policy))
+                if "ab" in which:
+                    t = best.params.get("blend", 0) / BLEND_STEPS_PER_UNIT
+                    rows.append(row("ab) autoprune (blend space, uniform to the sensitivity policy)",
+                                    pruner.apply(policy)[0], f"trial {best.number}, t={t:g}",
+                                    f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis", policy=policy))
+                if "abc" in which:
+                    policy, best, secs = confirmed_best(args.storage, study_name, args.confirm_top,
+                                                        args.recovery_steps, args.confirm_seeds)
+                    t = best.params.get("blend", 0) / BLEND_STEPS_PER_UNIT
+                    rows.append(row(f"abc) as ab, its top {args.confirm_top} re-scored after a {args.recovery_steps}-step "
+                                    f"recovery on search-val ({args.confirm_seeds} seed(s); autoprune confirm)",
+                                    pruner.apply(policy)[0], f"trial {best.number}, t={t:g}",
+                                    f"{n} trials, {cpu:.0f} s + confirm {secs:.0f} s", policy=policy))
             if "ar" in which:
                 policy, best, n, cpu = search_best(base, "tpe", args.refit_trials, args.refit_steps, budget,
                                                    f"{task_name}-{budget}-{args.space}-{args.refit_trials}-tpe-refit"

@@ -314,3 +314,70 @@ def test_local_space_without_an_anchor_is_refused_and_stores_nothing(searched, m
     err = capsys.readouterr().err
     assert "no policy to search around" in err and "--space fill" in err and "Traceback" not in err
     assert "noanchor" not in [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{searched}/studies/noanchor.db")]
+
+
+def test_confirm_rescores_the_top_trials_as_apply_recovers_them(searched, tmp_path, monkeypatch, capsys):
+    """``confirm`` recovers the top trials as ``apply`` would and scores them on search-val;
+    a second run repeats nothing; ``apply --best`` then takes the best confirmed trial, at the
+    largest step count confirmed. Worked on a copy of the study, so the tests above keep theirs."""
+    import shutil
+
+    from autoprune import study as studies
+    from autoprune.cli import main
+    from autoprune.data import load_task
+    from autoprune.export import choose_trial, load_pruned
+    from autoprune.models import build_model
+    from autoprune.train import evaluate, load_weights
+
+    (tmp_path / "studies").mkdir()
+    shutil.copy(searched / "studies" / "digits-test.db", tmp_path / "studies" / "digits-test.db")
+    monkeypatch.chdir(tmp_path)
+    args = ["confirm", "--study", "digits-test", "--top", "2", "--steps", "20", "--seeds", "2", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "confirmed (20 steps)" in out and "best confirmed: trial" in out
+    study = load(tmp_path)
+    feasible = sorted((t for t in studies.completed(study) if studies.is_feasible(t)),
+                      key=lambda t: (-t.values[0], t.values[1], t.number))
+    top2 = [t.number for t in feasible[:2]]
+    stored = {k: v["runs"] for k, v in study.user_attrs.items() if k.startswith("confirm:")}
+    assert sorted(stored) == sorted(f"confirm:{n}" for n in top2)
+    for runs in stored.values():
+        assert [(r["steps"], r["seed"]) for r in runs] == [(20, 0), (20, 1)]
+        assert all(0 < r["accuracy"] <= 1 and r["seconds"] >= 0 for r in runs)
+    # the seed-0 run is the model apply exports for the same steps, scored on search-val
+    n = top2[0]
+    assert main(["apply", "--study", "digits-test", "--trial", str(n), "--finetune-steps", "20", "--quiet",
+                 "--out", str(tmp_path / "x")]) == 0
+    dense = build_model("smallcnn", num_classes=10, in_channels=1, input_size=8)
+    load_weights(dense, next((searched / "studies" / "checkpoints").glob("*.pt")))
+    model = load_pruned(dense, tmp_path / "x" / "policy.json", tmp_path / "x" / "model.pt")
+    task = load_task("digits", val_size=300)
+    assert evaluate(model, task.val_x, task.val_y) == stored[f"confirm:{n}"][0]["accuracy"]
+    # resumed: nothing is run again, nothing is lost
+    assert main(args) == 0
+    assert {k: v["runs"] for k, v in load(tmp_path).user_attrs.items() if k.startswith("confirm:")} == stored
+    # --best follows the confirmed scores, compared only at the largest step count confirmed
+    mean = {int(k.split(":")[1]): sum(r["accuracy"] for r in v) / 2 for k, v in stored.items()}
+    assert choose_trial(load(tmp_path), None).number == max(mean, key=lambda n: (mean[n], -n))
+    worst = feasible[-1].number
+    study.set_user_attr(f"confirm:{worst}", {"runs": [{"steps": 10, "seed": 0, "accuracy": 1.0, "seconds": 0.0}]})
+    assert choose_trial(load(tmp_path), None).number != worst  # 10 steps do not outrank 20
+    study.set_user_attr(f"confirm:{worst}", {"runs": [{"steps": 40, "seed": 0, "accuracy": 0.5, "seconds": 0.0}]})
+    assert choose_trial(load(tmp_path), None).number == worst  # the only trial confirmed at 40 steps
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--trials", "999"], "trial 999 is not a completed feasible trial of 'digits-test'; valid trials: "),
+    (["--trials", "1,x"], "--trials: 'x' is not a trial number"),
+    (["--steps", "0"], "--steps 0 must be at least 1"),
+    (["--top", "0"], "--top 0 must be at least 1"),
+])
+def test_bad_confirm_input_exits_2_and_stores_nothing(searched, monkeypatch, capsys, args, message):
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    assert main(["confirm", "--study", "digits-test", "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not [k for k in load(searched).user_attrs if k.startswith("confirm:")]
