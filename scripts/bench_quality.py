@@ -10,8 +10,8 @@ evaluated on the TEST split, over several recovery seeds:
   al) as a, in the ``local`` space: TPE around the sensitivity-derived policy (--space local);
   ab) as a, in the ``blend`` space: the line from uniform to the sensitivity-derived policy,
       its points tried coarse to fine (--space blend; at most 11 trials, the grid's size);
-  abc) as ab, then ``autoprune confirm``: its --confirm-top trials recovered exactly as below
-      but scored on search-val, and the best of those picked;
+  abc, alc) as ab, al, then ``autoprune confirm``: the search's --confirm-top best trials
+      recovered exactly as below but scored on search-val, and the best of those picked;
   ar) as a, but each trial's model is refit to the dense layers' outputs (least squares) and
                 scored after --refit-steps of fine-tuning (0: no fine-tune), so trials are
                 several times cheaper: --refit-trials of them at about a's compute;
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refit-trials", type=int, default=200, help="trials of contender ar")
     p.add_argument("--refit-steps", type=int, default=0, help="fine-tune steps of contender ar's trials")
     p.add_argument("--contenders", default="dense,a,b,c,d",
-                   help="which of dense,a,as,al,ab,abc,ar,b,c,d,e to run (default all but e); split them over processes with their own "
+                   help="which of dense,a,as,al,alc,ab,abc,ar,b,c,d,e to run (default all but e); split them over processes with their own "
                         "--out and --storage, then --merge the outs")
     p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
                    help="merge the rows of these outputs (runs of different --contenders) into --out, then report")
@@ -246,6 +246,15 @@ def main(argv: list[str] | None = None) -> int:
                 r["policy"] = policy.to_dict()
             return r
 
+        def confirmed_row(label: str, study_name: str, n: int, cpu: float, pruner=pruner, row=row) -> dict:
+            """A search's top --confirm-top trials confirmed (autoprune confirm), the best recovered."""
+            policy, best, secs = confirmed_best(args.storage, study_name, args.confirm_top, args.recovery_steps,
+                                                args.confirm_seeds)
+            t = f", t={best.params['blend'] / BLEND_STEPS_PER_UNIT:g}" if "blend" in best.params else ""
+            return row(f"{label}, its top {args.confirm_top} re-scored after a {args.recovery_steps}-step recovery on "
+                       f"search-val ({args.confirm_seeds} seed(s); autoprune confirm)", pruner.apply(policy)[0],
+                       f"trial {best.number}{t}", f"{n} trials, {cpu:.0f} s + confirm {secs:.0f} s", policy=policy)
+
         cache: dict = {}  # the sensitivity analysis, shared by the budgets of a task
         task_res = results.setdefault(task_name, {})
         if args.remeasure_latency:
@@ -277,15 +286,18 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row("as) autoprune (TPE, warm start uniform + sensitivity)", pruner.apply(policy)[0],
                                 f"trial {best.number}", f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis",
                                 policy=policy))
-            if "al" in which:
+            if "al" in which or "alc" in which:
                 wall = time.perf_counter()
+                study_name = f"{tag.replace(f'-{args.space}-', '-local-')}-tpe"
                 policy, best, n, cpu = search_best({**base, "space": "local"}, "tpe", args.trials, args.search_steps,
-                                                   budget, f"{tag.replace(f'-{args.space}-', '-local-')}-tpe",
-                                                   args.storage)
+                                                   budget, study_name, args.storage)
                 wall = time.perf_counter() - wall
-                rows.append(row("al) autoprune (TPE, local space around the sensitivity policy)", pruner.apply(policy)[0],
-                                f"trial {best.number}", f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis",
-                                policy=policy))
+                if "al" in which:
+                    rows.append(row("al) autoprune (TPE, local space around the sensitivity policy)",
+                                    pruner.apply(policy)[0], f"trial {best.number}",
+                                    f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis", policy=policy))
+                if "alc" in which:
+                    rows.append(confirmed_row("alc) as al", study_name, n, cpu))
             if "ab" in which or "abc" in which:
                 wall = time.perf_counter()
                 n_blend = min(args.trials, BLEND_MAX + 1)  # the whole line; more trials would repeat points
@@ -300,13 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                                     pruner.apply(policy)[0], f"trial {best.number}, t={t:g}",
                                     f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis", policy=policy))
                 if "abc" in which:
-                    policy, best, secs = confirmed_best(args.storage, study_name, args.confirm_top,
-                                                        args.recovery_steps, args.confirm_seeds)
-                    t = best.params.get("blend", 0) / BLEND_STEPS_PER_UNIT
-                    rows.append(row(f"abc) as ab, its top {args.confirm_top} re-scored after a {args.recovery_steps}-step "
-                                    f"recovery on search-val ({args.confirm_seeds} seed(s); autoprune confirm)",
-                                    pruner.apply(policy)[0], f"trial {best.number}, t={t:g}",
-                                    f"{n} trials, {cpu:.0f} s + confirm {secs:.0f} s", policy=policy))
+                    rows.append(confirmed_row("abc) as ab", study_name, n, cpu))
             if "ar" in which:
                 policy, best, n, cpu = search_best(base, "tpe", args.refit_trials, args.refit_steps, budget,
                                                    f"{task_name}-{budget}-{args.space}-{args.refit_trials}-tpe-refit"
