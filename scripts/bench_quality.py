@@ -487,13 +487,16 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
                 name += ", local space"
             if name.startswith("ab)"):
                 name += ", blend space"
+            if name.startswith(("abc)", "alc)")):
+                name = name.split(",")[0] + ", best of its top trials confirmed"
             series.setdefault(name, []).append(
                 (r["flops"] / dense["flops"], 100 * r["test_acc_mean"], 100 * r["test_acc_std"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"a)": ("o", "C3"), "a2": ("x", "C7"), "ar": ("*", "C6"), "as": ("h", "C8"), "al": ("p", "C9"), "ab": ("X", "C3"), "a3": ("v", "C4"), "a'": ("v", "C4"), "b)": ("s", "C0"),
-              "c)": ("^", "C2"), "d)": ("D", "C1"), "e)": ("P", "C5")}
+    styles = {"a": ("o", "C3"), "a2": ("x", "C7"), "ar": ("*", "C6"), "as": ("h", "C8"), "al": ("p", "C9"),
+              "ab": ("X", "C3"), "abc": ("o", "C4"), "alc": ("d", "C9"), "a3": ("v", "C4"), "a'": ("v", "C4"),
+              "b": ("s", "C0"), "c": ("^", "C2"), "d": ("D", "C1"), "e": ("P", "C5")}
     for name, pts in series.items():
-        marker, color = styles.get(name[:2], ("x", "C7"))
+        marker, color = styles.get(name.split(")")[0], ("x", "C7"))
         xs, ys, es = zip(*pts, strict=True)
         ax.errorbar(xs, ys, yerr=es, marker=marker, color=color, capsize=3, label=name,
                     linestyle="-" if name.startswith("a)") else ":")
