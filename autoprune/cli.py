@@ -268,7 +268,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
     numbers = _trial_numbers(args.trials) if args.trials else None
     for flag, value in (("--steps", args.steps), ("--seeds", args.seeds), ("--top", args.top)):
-        if value < 1:
+        if value < 1:  # before the study is opened or anything is printed
             raise UserError(f"{flag} {value} must be at least 1")
     storage, name = _storage_and_study(args)
     study = studies.load(storage, name)

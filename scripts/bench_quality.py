@@ -163,12 +163,11 @@ def confirmed_best(storage: str, study: str, top: int, steps: int, seeds: int):
 
     s = studies.load(storage, study)
     trials = confirm.candidates(s, top=top)
-    confirm.confirm(s, trials, steps=steps, seeds=seeds, progress=True)
-    s = studies.load(storage, study)
+    confirm.confirm(s, trials, steps=steps, seeds=seeds, progress=True)  # the stored runs are read back below
     print(confirm.format_table(s, steps))
     numbers = {t.number for t in trials}
     secs = sum(r["seconds"] for n, rs in confirm.runs(s).items() if n in numbers for r in rs
-               if r["steps"] == steps and r["seed"] < seeds)
+               if r["steps"] == steps and r["seed"] < seeds)  # the benchmark's studies use seed 0
     best = confirm.best_confirmed(s)
     return Policy.from_dict(best.user_attrs["policy"]), best, secs
 
@@ -189,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run (a) with early stopping after this fraction of the fine-tune steps")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = steadier on a shared 2-core box)")
     p.add_argument("--confirm-top", type=int, default=3,
-                   help="contender abc: how many of ab's best trials autoprune confirm re-scores (default 3)")
-    p.add_argument("--confirm-seeds", type=int, default=1, help="contender abc: recovery seeds per confirmed trial")
+                   help="contenders abc, alc: how many of the search's best trials autoprune confirm "
+                        "re-scores (default 3)")
+    p.add_argument("--confirm-seeds", type=int, default=1, help="contenders abc, alc: recovery seeds per confirmed trial")
     p.add_argument("--refit-trials", type=int, default=200, help="trials of contender ar")
     p.add_argument("--refit-steps", type=int, default=0, help="fine-tune steps of contender ar's trials")
     p.add_argument("--contenders", default="dense,a,b,c,d",
