@@ -33,8 +33,7 @@ PREFIX = "confirm:"
 def candidates(study: optuna.Study, *, top: int | None = None, numbers: list[int] | None = None) -> list[FrozenTrial]:
     """The ``top`` feasible completed trials by search-val accuracy (ties: fewer FLOPs), or
     the trials ``numbers`` (which must be completed and feasible), best first."""
-    feasible = sorted((t for t in studies.completed(study) if studies.is_feasible(t)),
-                      key=lambda t: (-t.values[0], t.values[1], t.number))
+    feasible = studies.ranked_feasible(study)
     if numbers is not None:
         by_number = {t.number: t for t in feasible}
         bad = [n for n in numbers if n not in by_number]

@@ -165,9 +165,14 @@ def pareto_front(trials: list[FrozenTrial], directions: list[optuna.study.StudyD
     return unique
 
 
+def ranked_feasible(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed feasible trials, best search-val accuracy first (ties: fewer FLOPs, then the earlier trial)."""
+    return sorted((t for t in completed(study) if is_feasible(t)), key=lambda t: (-t.values[0], t.values[1], t.number))
+
+
 def best_feasible(study: optuna.Study) -> FrozenTrial | None:
-    feasible = [t for t in completed(study) if is_feasible(t)]
-    return max(feasible, key=lambda t: (t.values[0], -t.values[1], -t.number)) if feasible else None
+    ranked = ranked_feasible(study)
+    return ranked[0] if ranked else None
 
 
 def optimize(
