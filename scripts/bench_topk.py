@@ -8,7 +8,9 @@ fine-tune steps, optimizer and seeds) and scored on the TEST split. It prints, p
 recovered accuracy of each, the proxy's rank correlation with it among these near-equals, and
 how far the proxy's pick (top-1, the bench's row) is from the best of the K: the most that a
 better selection among the same trials (e.g. re-scoring the top-K at a higher fidelity) could
-gain.
+gain. With ``--k`` at least the study's size (and ``--seeds 1``), every trial is recovered:
+the best of them by test accuracy is an oracle ceiling for what any selection among those
+trials could reach.
 
     python scripts/bench_topk.py --task smallcnn --budget 0.1 \\
         --studies smallcnn-0.1-fill-30-tpe,smallcnn-0.1-fill-30-random --k 5
