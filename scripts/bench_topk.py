@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(out.read_text()) if out.exists() else {}
     for name in args.studies.split(","):
         study = studies.load(args.storage, name)
-        ranked = sorted((t for t in studies.completed(study) if studies.is_feasible(t)),
-                        key=lambda t: (-t.values[0], t.values[1], t.number))[: args.k]
+        ranked = studies.ranked_feasible(study)[: args.k]
         done = {r["trial"]: r for r in results.get(name, {}).get("trials", [])}
         rows = []
         for t in ranked:
