@@ -5,33 +5,47 @@ Public API::
     study = autoprune.search(model, (x_train, y_train), (x_val, y_val), example_input,
                              budget_flops=0.5, storage="sqlite:///my.db")
     pruned, policy = autoprune.apply_policy(model, policy, example_input=example_input)
+
+Names are imported on first use (PEP 562), so ``import autoprune`` and ``autoprune --help``
+load neither torch nor Optuna nor Torch-Pruning.
 """
 
-from autoprune.api import search
-from autoprune.errors import UserError
-from autoprune.export import load_pruned
-from autoprune.groups import Group, find_groups
-from autoprune.importance import IMPORTANCES, method_names
-from autoprune.measure import count_flops, count_nonzeros, count_params
-from autoprune.models import MODELS, build_model
-from autoprune.policy import GroupChoice, Policy
-from autoprune.prune import Pruner, apply_policy
+from __future__ import annotations
 
-__all__ = [
-    "IMPORTANCES",
-    "MODELS",
-    "Group",
-    "GroupChoice",
-    "Policy",
-    "Pruner",
-    "UserError",
-    "apply_policy",
-    "build_model",
-    "count_flops",
-    "count_nonzeros",
-    "count_params",
-    "find_groups",
-    "load_pruned",
-    "method_names",
-    "search",
-]
+import importlib
+from typing import Any
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "search": "autoprune.api",
+    "UserError": "autoprune.errors",
+    "load_pruned": "autoprune.export",
+    "Group": "autoprune.groups",
+    "find_groups": "autoprune.groups",
+    "IMPORTANCES": "autoprune.importance",
+    "method_names": "autoprune.importance",
+    "count_flops": "autoprune.measure",
+    "count_nonzeros": "autoprune.measure",
+    "count_params": "autoprune.measure",
+    "MODELS": "autoprune.models",
+    "build_model": "autoprune.models",
+    "GroupChoice": "autoprune.policy",
+    "Policy": "autoprune.policy",
+    "Pruner": "autoprune.prune",
+    "apply_policy": "autoprune.prune",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autoprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

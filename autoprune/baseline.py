@@ -7,11 +7,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from autoprune.config import SearchConfig
 from autoprune.data import Task
+from autoprune.device import seeded
 from autoprune.models import build_model
 from autoprune.train import checkpoint_key, evaluate, file_sha256, load_weights, save_state, train_dense
 
@@ -26,9 +26,9 @@ class Dense:
 
 def skeleton(config: SearchConfig, task: Task) -> nn.Module:
     """A freshly initialised model for ``task`` (deterministic in ``config.seed``)."""
-    torch.manual_seed(config.seed)
     c, h, _ = task.input_shape
-    return build_model(config.model, num_classes=task.num_classes, in_channels=c, input_size=h)
+    with seeded(config.seed):
+        return build_model(config.model, num_classes=task.num_classes, in_channels=c, input_size=h)
 
 
 def dense_checkpoint_path(config: SearchConfig, task: Task) -> Path:

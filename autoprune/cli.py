@@ -65,7 +65,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                         "scoring it; with --finetune-steps 0, a trial costs a few forward passes")
     p.add_argument("--val-size", type=int, help="images held out of train for scoring trials")
     p.add_argument("--seed", type=int, help="seed for the split-independent parts: baseline, sampler, fine-tune")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores; with N workers use cores // N)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per physical core; with N workers "
+                   "use cores // N)")
     p.add_argument("--out", help="folder for front.csv/json/png (default studies/<study>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -140,6 +141,15 @@ def _out_dir(args: argparse.Namespace, study_name: str) -> Path:
     return Path(args.out) if args.out else Path("studies") / study_name
 
 
+def _set_threads(threads: int | None) -> None:
+    """The CLI owns its process: it may set the thread count for good (the library only
+    changes it for the duration of a call)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from autoprune import report
     from autoprune import study as studies
@@ -172,23 +182,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    import torch
-
     from autoprune import sensitivity
     from autoprune.baseline import get_dense
     from autoprune.config import human
-    from autoprune.pipeline import (
-        importance_for_analysis,
-        load_config_task,
-        plan,
-        pruner_of,
-    )
+    from autoprune.pipeline import importance_for_analysis, plan
+    from autoprune.task import load_config_task, pruner_of
 
     budget_given = bool(args.budget_flops)
     if not budget_given:
         args.budget_flops = "1"
     config = _config_from_args(args)
-    torch.set_num_threads(config.num_threads())
+    _set_threads(config.threads)
     task = load_config_task(config)
     example = task.example_input()
     dense = get_dense(config, task, progress=not args.quiet)
@@ -233,7 +237,8 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from autoprune import study as studies
-    from autoprune.export import apply_trial, choose_trial, print_report
+    from autoprune.confirm import choose_trial
+    from autoprune.export import apply_trial, print_report
 
     if args.finetune_steps < 0:
         raise UserError(f"--finetune-steps {args.finetune_steps} must be >= 0")

@@ -8,7 +8,6 @@ and the study name.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ class SearchConfig:
     study: str | None = None
     sampler: str = "tpe"
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = None  # torch CPU threads; None: torch's default (one per physical core)
     # space
     space: str = "fill"  # "fill": relative widths scaled to spend the budget; "free": absolute keep levels;
     # "local": fill around the sensitivity-derived policy (half to twice its keeps);
@@ -117,9 +116,6 @@ class SearchConfig:
     def keep_levels(self) -> list[float]:
         n = int(round((self.keep_max - self.keep_min) / self.keep_step))
         return [round(self.keep_min + i * self.keep_step, 6) for i in range(n + 1)]
-
-    def num_threads(self, workers: int = 1) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // workers)
 
     # ---------------------------------------------------------------- validation
     def validate(self, source: str = "config") -> None:

@@ -75,6 +75,23 @@ def best_confirmed(study: optuna.Study) -> FrozenTrial | None:
     return done[max(ranked, key=lambda n: (statistics.mean(accs[n]), -done[n].values[1], -n))]
 
 
+def choose_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """Trial ``number`` (it must be completed), or with ``None`` the one to apply: the best
+    confirmed trial if ``autoprune confirm`` ran, else the best search-val score."""
+    if number is None:
+        best = best_confirmed(study) or studies.best_feasible(study)
+        if best is None:
+            raise UserError(f"study {study.study_name!r} has no completed feasible trial yet")
+        return best
+    done = {t.number: t for t in studies.completed(study)}
+    if number not in done:
+        raise UserError(
+            f"trial {number} is not a completed trial of {study.study_name!r}; completed trials: "
+            f"{', '.join(map(str, sorted(done))) or 'none'}"
+        )
+    return done[number]
+
+
 def confirm(
     study: optuna.Study,
     trials: list[FrozenTrial],
@@ -88,32 +105,34 @@ def confirm(
     """Recover each trial's policy ``seeds`` times for ``steps`` fine-tune steps and score it on
     search-val; runs already stored (same steps and seed) are not repeated. Returns the
     accuracies at ``steps`` per trial."""
-    from autoprune.export import prepare, recover
+    from autoprune.device import torch_threads
     from autoprune.policy import Policy
+    from autoprune.replay import prepare, recover
     from autoprune.train import evaluate
 
     if steps < 1:
         raise UserError(f"--steps {steps} must be at least 1")
     if seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
-    config, task, _, pruner = prepare(study, data_root=data_root)
-    for trial in trials:
-        key = f"{PREFIX}{trial.number}"
-        stored = list(study.user_attrs.get(key, {}).get("runs", []))
-        have = {(r["steps"], r["seed"]) for r in stored}
-        policy = Policy.from_dict(trial.user_attrs["policy"], source=f"trial {trial.number} policy")
-        for seed in range(config.seed, config.seed + seeds):
-            if (steps, seed) in have:
-                continue
-            t0 = time.perf_counter()
-            model, _ = recover(pruner, policy, task, dataclasses.replace(config, seed=seed), steps=steps,
-                               progress=progress, desc=f"confirm trial {trial.number}, seed {seed}")
-            run = {"steps": steps, "seed": seed, "accuracy": evaluate(model, task.val_x, task.val_y),
-                   "seconds": round(time.perf_counter() - t0, 1)}
-            stored.append(run)
-            study.set_user_attr(key, {"runs": stored})
-            if on_run is not None:
-                on_run(trial, run)
+    config, task, _, pruner = prepare(studies.info(study), study_name=study.study_name, data_root=data_root)
+    with torch_threads(config.threads):
+        for trial in trials:
+            key = f"{PREFIX}{trial.number}"
+            stored = list(study.user_attrs.get(key, {}).get("runs", []))
+            have = {(r["steps"], r["seed"]) for r in stored}
+            policy = Policy.from_dict(trial.user_attrs["policy"], source=f"trial {trial.number} policy")
+            for seed in range(config.seed, config.seed + seeds):
+                if (steps, seed) in have:
+                    continue
+                t0 = time.perf_counter()
+                model, _ = recover(pruner, policy, task, dataclasses.replace(config, seed=seed), steps=steps,
+                                   progress=progress, desc=f"confirm trial {trial.number}, seed {seed}")
+                run = {"steps": steps, "seed": seed, "accuracy": evaluate(model, task.val_x, task.val_y),
+                       "seconds": round(time.perf_counter() - t0, 1)}
+                stored.append(run)
+                study.set_user_attr(key, {"runs": stored})
+                if on_run is not None:
+                    on_run(trial, run)
     return {t.number: [r["accuracy"] for r in runs(study).get(t.number, []) if r["steps"] == steps] for t in trials}
 
 

@@ -98,7 +98,8 @@ class Taylor(_TorchPruning):
         self.impl = tp.importance.GroupTaylorImportance(normalizer=None)
 
     def prepare(self, model: nn.Module, calibration: Calibration | None) -> None:
-        assert calibration is not None
+        if calibration is None:  # ScoreCache checks needs_data first; a direct caller gets this
+            raise ValueError("taylor importance needs calibration data")
         model.eval()
         model.zero_grad(set_to_none=True)
         for start in range(0, len(calibration.y), calibration.batch_size):
@@ -118,7 +119,8 @@ class Activation(_TorchPruning):
         self.impl = tp.importance.ActivationImportance(normalizer=None)
 
     def prepare(self, model: nn.Module, calibration: Calibration | None) -> None:
-        assert calibration is not None
+        if calibration is None:
+            raise ValueError("activation importance needs calibration data")
         model.eval()
         # Torch-Pruning keeps the statistics of the last forward pass only: one pass over all
         # calibration images at once.

@@ -31,16 +31,19 @@ def flop_analysis(model: nn.Module, example_input: torch.Tensor) -> Any:
 
     was_training = model.training
     model.eval()
+    logger = logging.getLogger("fvcore")
+    level = logger.level
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            logging.getLogger("fvcore").setLevel(logging.ERROR)
+            logger.setLevel(logging.ERROR)
             analysis = FlopCountAnalysis(model, example_input[:1])
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             analysis.total()  # runs the trace while warnings are silenced
             return analysis
     finally:
+        logger.setLevel(level)  # the caller's logging setup is left as it was
         model.train(was_training)
 
 

@@ -13,11 +13,12 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
+from autoprune.budget import Budget, fill_budget
 from autoprune.measure import count_flops, count_nonzeros, count_params
 from autoprune.policy import Policy
 from autoprune.prune import Pruner
 from autoprune.reconstruct import DenseTargets, dense_targets, reconstruct
-from autoprune.space import Space, fill_budget
+from autoprune.space import Space
 from autoprune.train import evaluate, finetune, recalibrate_bn
 
 METRIC_NAMES = ("accuracy", "flops", "params")
@@ -40,19 +41,6 @@ class TrialSettings:
     early_stop_images: int = 1000  # search-val images scored at the check
     early_stop_min_trials: int = 5  # checked trials needed before anything is stopped
     before_images: int = 1000  # search-val images for accuracy_before_finetune (BN recalibrated, no fine-tune)
-
-
-@dataclass(frozen=True)
-class Budget:
-    flops: int
-    params: int | None = None
-
-    def violations(self, flops: int, params: int) -> dict[str, float]:
-        """Constraint values for Optuna (<= 0 is feasible): relative excess over the budget."""
-        out = {"flops": flops / self.flops - 1}
-        if self.params is not None:
-            out["params"] = params / self.params - 1
-        return out
 
 
 class Objective:
@@ -155,9 +143,10 @@ class Objective:
         flops = self.flops_of(model, resolved)
         params = count_params(model)
         seconds["measure"] = time.perf_counter() - t
+        # the kept indices and the pruner's settings too, so that autoprune.apply_policy (or apply, on
+        # any machine) rebuilds exactly this network without calibration data
         record = resolved.to_dict()
-        for g in record["groups"].values():
-            g.pop("kept_indices", None)
+        record["meta"] = self.pruner.settings()
         trial.set_user_attr("policy", record)
         trial.set_user_attr("channels", resolved.channels())
         trial.set_user_attr("flops", flops)
@@ -194,12 +183,13 @@ class Objective:
 
         t = time.perf_counter()
         check_state: dict[str, object] = {}
-        finetune(
-            model, *self.train, steps=s.finetune_steps, batch_size=s.batch_size, lr=s.finetune_lr,
-            seed=s.seed + trial.number, teacher=self.pruner.dense if resolved.distill else None,
-            check=self._check(trial, model, flops, check_state),
-        )
-        seconds["finetune"] = time.perf_counter() - t
+        if s.finetune_steps > 0:
+            finetune(
+                model, *self.train, steps=s.finetune_steps, batch_size=s.batch_size, lr=s.finetune_lr,
+                seed=s.seed + trial.number, teacher=self.pruner.dense if resolved.distill else None,
+                check=self._check(trial, model, flops, check_state),
+            )
+        seconds["finetune"] = time.perf_counter() - t if s.finetune_steps > 0 else 0.0
         if "accuracy" in check_state:
             trial.set_user_attr("accuracy_at_check", check_state["accuracy"])
         if "reason" in check_state:

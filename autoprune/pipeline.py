@@ -17,13 +17,12 @@ from torch import nn
 from autoprune import sensitivity
 from autoprune import study as studies
 from autoprune.baseline import get_dense, skeleton
-from autoprune.config import SearchConfig, data_root_path, human, resolve_budget
-from autoprune.data import Task, load_task
+from autoprune.config import SearchConfig, human, resolve_budget
+from autoprune.device import torch_threads
 from autoprune.errors import UserError
-from autoprune.groups import resolve_ignore
-from autoprune.importance import Calibration
 from autoprune.measure import FLOP_CONVENTION, count_flops, count_params
-from autoprune.objective import Budget, Objective, TrialSettings
+from autoprune.budget import Budget
+from autoprune.objective import Objective, TrialSettings
 from autoprune.policy import GroupChoice, Policy
 from autoprune.prune import Pruner
 from autoprune.space import (
@@ -33,6 +32,7 @@ from autoprune.space import (
     blend_order,
     widths_of,
 )
+from autoprune.task import calibration_of, load_config_task, pruner_of, reconstruction_images
 from autoprune.train import evaluate
 
 
@@ -78,15 +78,6 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) ->
             f"this search space reaches: {human(min_params)} ({min_params / dense_params:.3f} of dense)"
         )
     return Plan(dense_flops, dense_params, budget, min_flops, ignored, len(pruner.groups))
-
-
-def pruner_of(model: nn.Module, example_input: torch.Tensor, config: SearchConfig, *,
-              calibration: Calibration | None = None) -> Pruner:
-    """The pruner a config describes: which layers stay whole (``ignore``, the head, the stem
-    unless ``prune_stem``), the channel rounding, and the seed of random importance."""
-    return Pruner(model, example_input, ignored=resolve_ignore(model, config.ignore, prune_stem=config.prune_stem),
-                  calibration=calibration, seed=config.seed, round_to=config.round_to,
-                  min_channels=config.min_channels)
 
 
 def space_of(config: SearchConfig, anchor: dict[str, float] | None = None) -> Space:
@@ -145,18 +136,6 @@ def local_anchor(
             "--keep-min, or use --space fill"
         )
     return {gid: c.keep for gid, c in policy.groups.items()}, result
-
-
-def calibration_of(config: SearchConfig, x: torch.Tensor, y: torch.Tensor) -> Calibration:
-    """A seeded subset of training images for Taylor / activation importance."""
-    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed))[: config.calib_images]
-    return Calibration(x[idx], y[idx], batch_size=config.batch_size)
-
-
-def reconstruction_images(config: SearchConfig, x: torch.Tensor) -> torch.Tensor:
-    """A seeded subset of training images the trials' layer refits are solved on."""
-    gen = torch.Generator().manual_seed(config.seed + 1)
-    return x[torch.randperm(len(x), generator=gen)[: config.reconstruct_images]]
 
 
 def warm_start(
@@ -230,8 +209,25 @@ def search_model(
     dense_info: dict[str, Any],
     progress: bool = True,
 ) -> tuple[optuna.Study, dict[str, int]]:
-    """Create or resume the study and run the trials. ``dense`` is trained already."""
-    torch.set_num_threads(config.num_threads())
+    """Create or resume the study and run the trials. ``dense`` is trained already. Runs on
+    ``config.threads`` CPU threads, if set; the caller's setting is restored afterwards."""
+    with torch_threads(config.threads) as threads:
+        return _search_model(dense=dense, train=train, val=val, example_input=example_input, config=config,
+                             the_plan=the_plan, dense_info=dense_info, threads=threads, progress=progress)
+
+
+def _search_model(
+    *,
+    dense: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    example_input: torch.Tensor,
+    config: SearchConfig,
+    the_plan: Plan,
+    dense_info: dict[str, Any],
+    threads: int,
+    progress: bool,
+) -> tuple[optuna.Study, dict[str, int]]:
     storage = studies.open_storage(config.storage_url)
     dense_info = dict(dense_info)
     dense_info.update(
@@ -245,7 +241,7 @@ def search_model(
         "ignored": the_plan.ignored,
         "input_shape": list(example_input.shape[1:]),
         "units": {"flops": FLOP_CONVENTION, "accuracy": "top-1 on the search-val split, in [0, 1]",
-                  "seconds": f"wall clock, {config.num_threads()} CPU thread(s)"},
+                  "seconds": f"wall clock, {threads} CPU thread(s)"},
     }
     pruner = pruner_of(dense, example_input, config, calibration=calibration_of(config, *train))
     stored = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == config.study_name), None)
@@ -276,13 +272,6 @@ def search_model(
     return study, counts
 
 
-def load_config_task(config: SearchConfig) -> Task:
-    return load_task(
-        config.dataset, root=data_root_path(config), val_size=config.val_size,
-        split_seed=config.split_seed, download=config.download, image_size=config.image_size,
-    )
-
-
 def check_resumable(config: SearchConfig) -> None:
     """Refuse early (before training) to resume a study made with another setup."""
     url = config.storage_url
@@ -297,7 +286,13 @@ def check_resumable(config: SearchConfig) -> None:
 def run_search(config: SearchConfig, *, progress: bool = True) -> tuple[optuna.Study, dict[str, Any]]:
     """The ``autoprune search`` command: everything up to a stored study."""
     t0 = time.perf_counter()
-    torch.set_num_threads(config.num_threads())
+    with torch_threads(config.threads):
+        study, counts = _run_search(config, progress=progress)
+    counts["seconds"] = round(time.perf_counter() - t0, 1)
+    return study, counts
+
+
+def _run_search(config: SearchConfig, *, progress: bool) -> tuple[optuna.Study, dict[str, Any]]:
     task = load_config_task(config)
     example = task.example_input()
     the_plan = plan(skeleton(config, task), example, config)
@@ -313,5 +308,4 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> tuple[optuna.S
         dense_info={"checkpoint": str(Path(dense.checkpoint).resolve()), "sha256": dense.sha256},
         progress=progress,
     )
-    counts["seconds"] = round(time.perf_counter() - t0, 1)
     return study, counts

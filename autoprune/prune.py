@@ -75,16 +75,17 @@ class Pruner:
         self._predictor: FlopsPredictor | None = None
         self._dense_graph = None
 
+    def settings(self) -> dict[str, object]:
+        """What, besides a policy's kept indices, decides the network it gives: stored in the
+        policy's ``meta`` so that :func:`apply_policy` replays it exactly."""
+        return {"ignored": list(self.ignored), "round_to": self.round_to, "min_channels": self.min_channels}
+
     def predict_flops(self, policy: Policy) -> float:
         """FLOPs of ``policy`` predicted from its channel counts, nothing pruned (see costmodel);
         the predictor is built once, on first use."""
         if self._predictor is None:
             self._predictor = FlopsPredictor(self.dense, self.example_input, ignored=self.ignored)
         return self._predictor.predict(self.resolve(policy, indices=False).channels())
-
-    @property
-    def group_ids(self) -> list[str]:
-        return [g.id for g in self.groups]
 
     def kept(self, group: Group, keep: float) -> int:
         """Channels kept of ``group`` at ratio ``keep``; a multiple of its channel groups."""
@@ -156,9 +157,8 @@ class Pruner:
         for gid, choice in resolved.groups.items():
             if choice.method == UNSTRUCTURED or choice.kept == choice.channels:
                 continue
-            assert choice.kept_indices is not None and choice.channels is not None
-            keep = set(choice.kept_indices)
-            remove = [i for i in range(choice.channels) if i not in keep]
+            keep = set(choice.kept_indices or ())  # resolve() filled them in
+            remove = [i for i in range(by_id[gid].channels) if i not in keep]
             pruning_group(graph, modules[gid], remove).prune()
         for gid, choice in resolved.groups.items():
             if choice.method == UNSTRUCTURED and choice.keep < 1:
@@ -174,18 +174,25 @@ def apply_policy(
     ignored: Sequence[str] | None = None,
     calibration: Calibration | None = None,
     seed: int = 0,
-    round_to: int = 1,
-    min_channels: int = 1,
+    round_to: int | None = None,
+    min_channels: int | None = None,
 ) -> tuple[nn.Module, Policy]:
     """Prune a copy of ``model`` with ``policy``; the input model is left untouched.
 
-    ``ignored`` defaults to the stem and the classifier output. Data-dependent methods
-    (taylor, activation) need ``calibration`` unless the policy already holds kept indices."""
+    A policy stored by a search trial (``trial.user_attrs["policy"]``) or exported by ``apply``
+    holds the kept channel indices and, in its ``meta``, the layers the search kept whole and
+    its rounding: replaying it gives exactly the network the trial measured, with no
+    calibration data. For a policy of keep ratios only, ``ignored`` defaults to the stem and
+    the classifier output, ``round_to`` / ``min_channels`` to the search defaults (1 / 4), and
+    data-dependent methods (taylor, activation) need ``calibration``."""
     from autoprune.groups import resolve_ignore
 
-    ignored = resolve_ignore(model, []) if ignored is None else list(ignored)
+    meta = policy.meta
+    if ignored is None:
+        ignored = list(meta["ignored"]) if "ignored" in meta else resolve_ignore(model, [])
     pruner = Pruner(
-        model, example_input, ignored=ignored, calibration=calibration, seed=seed,
-        round_to=round_to, min_channels=min_channels,
+        model, example_input, ignored=list(ignored), calibration=calibration, seed=seed,
+        round_to=round_to if round_to is not None else int(meta.get("round_to", 1)),
+        min_channels=min_channels if min_channels is not None else int(meta.get("min_channels", 4)),
     )
     return pruner.apply(policy)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from autoprune.errors import unknown_choice
@@ -36,18 +35,9 @@ class Registry(Generic[T]):
         except KeyError:
             raise unknown_choice(self.kind, name, self._entries) from None
 
-    def names(
-        self, include: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()
-    ) -> list[str]:
-        """Sorted names matching any ``include`` pattern and no ``exclude`` pattern."""
-        include = [include] if isinstance(include, str) else list(include)
-        exclude = [exclude] if isinstance(exclude, str) else list(exclude)
-        return sorted(
-            n
-            for n in self._entries
-            if any(fnmatch.fnmatch(n, p) for p in include)
-            and not any(fnmatch.fnmatch(n, p) for p in exclude)
-        )
+    def names(self) -> list[str]:
+        """Every registered name, sorted."""
+        return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -56,18 +56,16 @@ def format_table(rows: list[dict[str, Any]], *, dense: dict[str, Any] | None = N
     return "\n".join(lines)
 
 
-def plot_front(study: optuna.Study, path: Path, *, extra_points: list[dict[str, Any]] | None = None) -> Path:
+def plot_front(study: optuna.Study, path: Path) -> Path:
     """Accuracy vs FLOPs: every fine-tuned trial, the front, the dense model and the budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's matplotlib backend is left alone
 
     info = studies.info(study)
     dense = info["dense"]
     trials = studies.completed(study)
     front = studies.pareto_front(trials, list(study.directions))
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.subplots()
     ax.scatter([t.values[1] / 1e6 for t in trials], [100 * t.values[0] for t in trials],
                s=14, c="#9aa5b1", label=f"trials ({len(trials)})", zorder=2)
     fx = [t.values[1] / 1e6 for t in front]
@@ -81,9 +79,6 @@ def plot_front(study: optuna.Study, path: Path, *, extra_points: list[dict[str, 
                        edgecolors="k", label=t.user_attrs["warm_start"] + " (warm start)", zorder=5)
     ax.scatter([dense["flops"] / 1e6], [100 * dense["val_accuracy"]], marker="*", s=160, c="#00798c",
                label="dense", zorder=5)
-    for p in extra_points or []:
-        ax.scatter([p["flops"] / 1e6], [100 * p["accuracy"]], marker=p.get("marker", "D"), s=50,
-                   label=p["label"], zorder=5)
     ax.axvline(budget_x, ls="--", c="k", lw=1, label="FLOPs budget")
     ax.set_xlabel("FLOPs (M; fvcore, 1 multiply-add = 1 flop)")
     ax.set_ylabel("search-val accuracy (%)")
@@ -94,7 +89,6 @@ def plot_front(study: optuna.Study, path: Path, *, extra_points: list[dict[str, 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

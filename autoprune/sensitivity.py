@@ -141,15 +141,13 @@ def derived_policy(result: dict[str, Any], pruner: Pruner, levels: list[float], 
 
 
 def write(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's matplotlib backend is left alone
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "sensitivity.json", "png": out_dir / "sensitivity.png"}
     paths["json"].write_text(json.dumps(result, indent=1))
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.subplots()
     for gid, rows in result["groups"].items():
         ks = [r["keep"] for r in rows] + [1.0]
         accs = [100 * r["accuracy"] for r in rows] + [100 * result["dense_accuracy"]]
@@ -160,7 +158,6 @@ def write(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(paths["png"])
-    plt.close(fig)
     return paths
 
 

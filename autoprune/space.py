@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import optuna
 
+from autoprune.budget import blend_widths
 from autoprune.groups import Group
 from autoprune.policy import GroupChoice, Policy
 
@@ -99,7 +100,7 @@ class Space:
             if not self.anchor or gid not in self.anchor:
                 raise ValueError(f"a {self.shape!r} space needs an anchor keep for group {gid}")
             if self.shape == "blend":
-                return self.anchor[gid] ** (w / BLEND_STEPS_PER_UNIT)
+                return blend_widths({gid: self.anchor[gid]}, w / BLEND_STEPS_PER_UNIT)[gid]
             return self.anchor[gid] * local_width(w)
         return width(w)
 
@@ -170,36 +171,3 @@ def widths_of(policy: Policy, anchor: Mapping[str, float] | None = None) -> dict
     mean = math.exp(sum(math.log(k) for k in rel.values()) / len(rel))
     per_octave, r = (LOCAL_STEPS_PER_OCTAVE, LOCAL_RANGE) if anchor else (WIDTH_STEPS_PER_OCTAVE, WIDTH_RANGE)
     return {gid: max(-r, min(r, round(per_octave * math.log2(k / mean)))) for gid, k in rel.items()}
-
-
-def fill_budget(
-    widths: Mapping[str, float],
-    methods: str | Mapping[str, str],
-    *,
-    predict: Callable[[Policy], float],
-    budget: float,
-    keep_min: float,
-    keep_max: float = 1.0,
-    iterations: int = 40,
-) -> Policy:
-    """The policy ``keep[g] = clip(scale * widths[g], keep_min, keep_max)`` with the largest
-    ``scale`` whose predicted FLOPs stay within ``budget`` (bisection: FLOPs only grow with
-    the scale). If even ``keep_min`` everywhere is over budget, that smallest policy is
-    returned and the caller's exact check rejects it."""
-
-    def policy(scale: float) -> Policy:
-        return Policy({
-            gid: GroupChoice(
-                method=methods if isinstance(methods, str) else methods[gid],
-                keep=round(min(keep_max, max(keep_min, scale * w)), 6),
-            )
-            for gid, w in widths.items()
-        })
-
-    lo, hi = 0.0, keep_max / min(widths.values())
-    if predict(policy(hi)) <= budget:
-        return policy(hi)
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if predict(policy(mid)) <= budget else (lo, mid)
-    return policy(lo)

@@ -182,13 +182,12 @@ def optimize(
     trials: int,
     timeout: float | None,
     progress: bool = True,
-    max_infeasible: int | None = None,
 ) -> dict[str, int]:
     """Run until ``trials`` trials have been fine-tuned, fully or until stopped early
     (over-budget policies are rejected before any training and do not count), or
     ``timeout`` seconds. Returns counts."""
     counts = {"complete": 0, "early_stopped": 0, "infeasible": 0, "failed": 0}
-    max_infeasible = max_infeasible if max_infeasible is not None else 50 * trials + 200
+    max_infeasible = 50 * trials + 200  # a budget the space can hardly reach: stop sampling at some point
     best = [max((t.values[0] for t in completed(study) if is_feasible(t)), default=-math.inf)]
     streak = [0]  # consecutive failed trials
     bar = None
@@ -229,7 +228,6 @@ def optimize(
                   "loosen the budget or lower keep_min", file=sys.stderr)
             study.stop()
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         # A policy that breaks a model at run time fails its trial (recorded, with the error
         # logged by Optuna) instead of ending the search; three failures in a row end it.

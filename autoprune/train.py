@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprune.device import seeded
 from autoprune.errors import UserError
 
 
@@ -120,7 +121,26 @@ def finetune(
     there (early stopping of a hopeless trial) and NaN is returned."""
     if steps <= 0:
         return float("nan")
-    torch.manual_seed(seed)  # dropout masks
+    with seeded(seed):  # dropout masks; the caller's global random state is restored afterwards
+        return _finetune(model, x, y, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         seed=seed, teacher=teacher, progress=progress, desc=desc, check=check)
+
+
+def _finetune(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    teacher: nn.Module | None,
+    progress: bool,
+    desc: str,
+    check: tuple[int, Callable[[], bool]] | None,
+) -> float:
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
@@ -161,6 +181,29 @@ def finetune(
     if bar is not None:
         bar.close()
     return sum(tail) / len(tail)
+
+
+def recover_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    seed: int = 0,
+    bn_batches: int = 20,
+    batch_size: int = 128,
+    lr: float = 0.01,
+    teacher: nn.Module | None = None,
+    progress: bool = False,
+    desc: str = "fine-tune",
+) -> nn.Module:
+    """The recovery of a freshly pruned model, in place: BatchNorm statistics re-estimated on
+    ``bn_batches`` training batches, then ``steps`` fine-tune mini-batches (distilled from
+    ``teacher`` if given). ``apply``, ``confirm`` and the benchmarks all recover this way."""
+    recalibrate_bn(model, x, num_batches=bn_batches, batch_size=batch_size, seed=seed)
+    finetune(model, x, y, steps=steps, batch_size=batch_size, lr=lr, seed=seed, teacher=teacher,
+             progress=progress, desc=desc)
+    return model
 
 
 # --------------------------------------------------------------------------- dense baseline

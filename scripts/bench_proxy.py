@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.measure import count_flops
     from autoprune.policy import GroupChoice, Policy
     from autoprune.reconstruct import dense_targets, reconstruct
-    from autoprune.space import WIDTH_RANGE, fill_budget, width
+    from autoprune.budget import fill_budget
+    from autoprune.space import WIDTH_RANGE, width
     from autoprune.train import evaluate, finetune, recalibrate_bn
 
     torch.set_num_threads(args.threads)

@@ -40,29 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"smallcnn": "smallcnn", "resnet20": "resnet20"}
 
 
-def bisect(flops_at, target: int, lo: float = 0.0, hi: float = 1.0, larger_is_bigger: bool = True, steps: int = 25) -> float:
-    """The ratio in [lo, hi] with the largest model whose FLOPs stay within ``target``."""
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        ok = flops_at(mid) <= target
-        if larger_is_bigger:
-            lo, hi = (mid, hi) if ok else (lo, mid)
-        else:
-            lo, hi = (lo, mid) if ok else (mid, hi)
-    return lo if larger_is_bigger else hi
-
-
 def uniform_policy(pruner, target: int):
     """(b): L1 at one keep ratio for every group, the largest whose model meets ``target``
     FLOPs (counted exactly); the policy and that ratio."""
-    from autoprune.measure import count_flops
-    from autoprune.policy import GroupChoice, Policy
+    from autoprune.budget import uniform_at_budget
 
-    def policy(r: float) -> Policy:
-        return Policy({g.id: GroupChoice("l1", max(r, 1e-3)) for g in pruner.groups})
-
-    r = bisect(lambda k: count_flops(pruner.apply(policy(k))[0], pruner.example_input), target)
-    return policy(r), r
+    policy = uniform_at_budget(pruner, target, "l1")
+    return policy, next(iter(policy.groups.values())).keep
 
 
 def uniform_model(pruner, target: int):
@@ -76,6 +60,7 @@ def global_model(dense, example, ignored: list[str], target: int):
 
     import torch_pruning as tp
 
+    from autoprune.budget import largest_fitting
     from autoprune.measure import count_flops
 
     def prune(ratio: float):
@@ -88,8 +73,9 @@ def global_model(dense, example, ignored: list[str], target: int):
         pruner.step()
         return model
 
-    ratio = bisect(lambda r: count_flops(prune(r), example), target, 0.0, 0.95, larger_is_bigger=False)
-    return prune(ratio), f"global ratio {ratio:.3f}"
+    # the smallest pruning ratio that fits = the largest kept fraction 1 - ratio that does
+    kept = largest_fitting(lambda k: count_flops(prune(1 - k), example) <= target, 0.05, 1.0, iterations=25)
+    return prune(1 - kept), f"global ratio {1 - kept:.3f}"
 
 
 def load_bench_task(task_name: str, keep_min: float, space: str = "fill", threads: int = 1, prune_stem: bool = False):
@@ -97,7 +83,7 @@ def load_bench_task(task_name: str, keep_min: float, space: str = "fill", thread
     every contender of a task starts from."""
     from autoprune.baseline import get_dense
     from autoprune.config import SearchConfig
-    from autoprune.pipeline import calibration_of, load_config_task, pruner_of
+    from autoprune.task import calibration_of, load_config_task, pruner_of
 
     # keep_min 0.125: at 0.1 of dense FLOPs, keep 0.25 everywhere is not small enough
     base = {"model": TASKS[task_name], "dataset": "fashion-mnist", "keep_min": keep_min, "space": space,
@@ -112,15 +98,14 @@ def load_bench_task(task_name: str, keep_min: float, space: str = "fill", thread
 
 
 def recover(model, task, seed: int, steps: int) -> float:
-    """The recovery every contender gets: BN recalibration, ``steps`` of SGD fine-tuning at lr
-    0.01 with ``seed``, then accuracy on the TEST split. The model is copied, not changed."""
+    """The recovery every contender gets (``apply``'s: BN recalibration, ``steps`` of SGD
+    fine-tuning at lr 0.01 with ``seed``), then accuracy on the TEST split. The model is
+    copied, not changed."""
     import copy
 
-    from autoprune.train import evaluate, finetune, recalibrate_bn
+    from autoprune.train import evaluate, recover_model
 
-    m = copy.deepcopy(model)
-    recalibrate_bn(m, task.train_x, num_batches=20, seed=seed)
-    finetune(m, task.train_x, task.train_y, steps=steps, seed=seed, lr=0.01)
+    m = recover_model(copy.deepcopy(model), task.train_x, task.train_y, steps=steps, seed=seed)
     return evaluate(m, task.test_x, task.test_y)
 
 
@@ -255,12 +240,11 @@ def main(argv: list[str] | None = None) -> int:
                        f"search-val ({args.confirm_seeds} seed(s); autoprune confirm)", pruner.apply(policy)[0],
                        f"trial {best.number}{t}", f"{n} trials, {cpu:.0f} s + confirm {secs:.0f} s", policy=policy)
 
-        cache: dict = {}  # the sensitivity analysis, shared by the budgets of a task
         task_res = results.setdefault(task_name, {})
         if args.remeasure_latency:
             remeasure_latency(task_name, task_res, dense, pruner, example, ignored, args.storage.split(","),
-                              lambda target, p=pruner, t=task, c=config, k=cache: sensitivity_policy(
-                                  p, t, c, target, args.keep_min, k)[0])
+                              lambda target, p=pruner, t=task, c=config: sensitivity_policy(
+                                  p, t, c, target, args.keep_min)[0])
             out.write_text(json.dumps(results, indent=1))
             continue
         which = set(args.contenders.split(","))
@@ -331,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 model, note = global_model(dense, example, ignored, target)
                 rows.append(row("c) global magnitude (Torch-Pruning)", model, note, "none"))
             if "e" in which:
-                policy, note, secs = sensitivity_policy(pruner, task, config, target, args.keep_min, cache)
+                policy, note, secs = sensitivity_policy(pruner, task, config, target, args.keep_min)
                 rows.append(row("e) sensitivity-derived L1 (no search)", pruner.apply(policy)[0], note,
                                 f"sensitivity analysis {secs:.0f} s", policy=policy))
             if "d" in which:
@@ -349,26 +333,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def sensitivity_policy(pruner, task, config, target: int, keep_min: float, cache: dict):
-    """What ``--warm-start sensitivity`` enqueues, without a search: per-group sensitivity
-    (each group pruned alone at each keep level, BN recalibrated, search-val accuracy), the
-    greedy policy that meets the budget by pruning the least sensitive groups first, and its
-    keeps then scaled together to spend the budget as a ``fill`` trial would."""
-    from autoprune import sensitivity
-    from autoprune.space import fill_budget
+def sensitivity_policy(pruner, task, config, target: int, keep_min: float):
+    """What ``--warm-start sensitivity`` enqueues, without a search: the per-group sensitivity
+    analysis (cached), the greedy policy that meets the budget by pruning the least sensitive
+    groups first, and its keeps then scaled together to spend the budget as a ``fill`` trial
+    would (the anchor of the ``local`` and ``blend`` spaces, at width 0 / t = 1)."""
+    import dataclasses
 
-    levels = list(config.keep_levels)
-    if "result" not in cache:
-        cache["result"] = sensitivity.analyse(pruner, task.train_x, (task.val_x, task.val_y), levels, method="l1",
-                                              seed=config.seed, cache_dir=Path(config.cache_dir))
-        cache["seconds"] = cache["result"].get("seconds", 0.0)  # the analysis' own time, also when cached
-    derived = sensitivity.derived_policy(cache["result"], pruner, levels, target)
+    from autoprune.budget import Budget, fill_budget
+    from autoprune.pipeline import sensitivity_policy as derive
+
+    result, derived = derive(pruner, Budget(flops=target), dataclasses.replace(config, keep_min=keep_min),
+                             task.train_x, (task.val_x, task.val_y))
     if derived is None:
         raise SystemExit(f"no sensitivity-derived policy meets {target} FLOPs")
     keeps = {gid: c.keep for gid, c in derived.groups.items()}
     policy = fill_budget(keeps, "l1", predict=pruner.predict_flops, budget=target, keep_min=keep_min)
     note = "keeps " + " ".join(f"{c.keep:.2f}" for c in policy.groups.values())
-    return policy, note, cache["seconds"]
+    return policy, note, result.get("seconds", 0.0)  # the analysis' own time, also when cached
 
 
 def merge(outputs: list[dict]) -> dict:

@@ -21,25 +21,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def solve_uniform(pruner, target_flops: int, method: str = "l1") -> tuple[float, object]:
-    """Largest uniform keep ratio whose FLOPs do not exceed ``target_flops`` (bisection)."""
-    from autoprune.measure import count_flops
-    from autoprune.policy import GroupChoice, Policy
-
-    def flops(r: float) -> int:
-        model, _ = pruner.apply(Policy({g.id: GroupChoice(method, r) for g in pruner.groups}))
-        return count_flops(model, pruner.example_input)
-
-    lo, hi = 0.01, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if flops(mid) <= target_flops:
-            lo = mid
-        else:
-            hi = mid
-    return lo, Policy({g.id: GroupChoice(method, lo) for g in pruner.groups})
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-flops", default="0.5")
@@ -55,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from autoprune import study as studies
     from autoprune.config import SearchConfig, human
-    from autoprune.export import prepare, recover, summary
+    from autoprune.budget import uniform_at_budget
+    from autoprune.export import summary
+    from autoprune.replay import prepare, recover
     from autoprune.pipeline import run_search
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = SearchConfig.from_dict({
         "budget_flops": args.budget_flops, "trials": args.trials, "finetune_steps": args.search_steps,
         "storage": args.storage, "study": f"bench-fmnist-{args.budget_flops}", "threads": args.threads,
@@ -73,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     search_s = time.perf_counter() - t0
     study = studies.load(config.storage_url, config.study_name)
     best = studies.best_feasible(study)
-    assert best is not None
+    if best is None:
+        raise SystemExit(f"study {config.study_name!r} has no feasible trial to compare")
 
-    cfg, task, dense, pruner = prepare(study)
+    cfg, task, dense, pruner = prepare(studies.info(study), study_name=study.study_name)
     example = task.example_input()
     from autoprune.policy import Policy
 
@@ -83,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = recover(pruner, Policy.from_dict(best.user_attrs["policy"]), task, cfg, steps=args.finetune_steps,
                        progress=True, desc="autoprune best")
     rows.append((f"autoprune best (trial {best.number})", summary(model, task, example), ""))
-    keep, uniform = solve_uniform(pruner, int(best.values[1]))
+    uniform = uniform_at_budget(pruner, int(best.values[1]), keep_min=0.01)
+    keep = next(iter(uniform.groups.values())).keep
     model, _ = recover(pruner, uniform, task, cfg, steps=args.finetune_steps, progress=True, desc="uniform l1")
     rows.append((f"uniform L1 (keep {keep:.3f})", summary(model, task, example), ""))
 

@@ -25,32 +25,28 @@ ROOT = Path(__file__).resolve().parents[1]
 def setup(budget: str):
     from autoprune.baseline import get_dense
     from autoprune.config import SearchConfig, resolve_budget
-    from autoprune.groups import resolve_ignore
     from autoprune.measure import count_flops
-    from autoprune.pipeline import load_config_task
     from autoprune.policy import Policy
-    from autoprune.prune import Pruner
+    from autoprune.task import load_config_task, pruner_of
 
     config = SearchConfig.from_dict({"model": "smallcnn", "budget_flops": budget})
     task = load_config_task(config)
     example = task.example_input()
     dense = get_dense(config, task).model
-    pruner = Pruner(dense, example, ignored=resolve_ignore(dense, []), min_channels=config.min_channels)
+    pruner = pruner_of(dense, example, config)
     target = resolve_budget(budget, count_flops(dense, example))
     pruner.predict_flops(Policy({}))  # build the FLOPs predictor outside the timed trials, as a search does
     return task, pruner, target
 
 
 def one_trial(task, pruner, target: int, steps: int) -> float:
-    from autoprune.space import fill_budget
-    from autoprune.train import evaluate, finetune, recalibrate_bn
+    from autoprune.budget import uniform_at_budget
+    from autoprune.train import evaluate, recover_model
 
     t = time.perf_counter()
-    policy = fill_budget({g.id: 1.0 for g in pruner.groups}, "l1", budget=target, keep_min=0.125,
-                         predict=pruner.predict_flops)
+    policy = uniform_at_budget(pruner, target, keep_min=0.125, exact=False)
     model, _ = pruner.apply(policy)
-    recalibrate_bn(model, task.train_x, num_batches=20, seed=0)
-    finetune(model, task.train_x, task.train_y, steps=steps, seed=0)
+    recover_model(model, task.train_x, task.train_y, steps=steps, seed=0)
     evaluate(model, task.val_x, task.val_y)
     return time.perf_counter() - t
 

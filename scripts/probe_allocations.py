@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import statistics
 import sys
 import time
@@ -51,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from torch import nn
 
     from autoprune.measure import count_flops
-    from autoprune.pipeline import pruner_of
-    from autoprune.space import fill_budget
+    from autoprune.budget import blend_widths, fill_budget
+    from autoprune.task import pruner_of
 
     torch.set_num_threads(1)
     _, config, task, dense, _, pruner = load_bench_task(args.task, args.keep_min, prune_stem=True)
@@ -70,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kind} {setting}: {100 * row['test_acc_mean']:.2f} ({row['flops']} FLOPs) {extra}", flush=True)
 
     if args.blend:
-        _, r = uniform_policy(pruner, target)
-        sens, _, _ = sensitivity_policy(pruner, task, config, target, args.keep_min, {})
+        sens, _, _ = sensitivity_policy(pruner, task, config, target, args.keep_min)
+        anchor = {g: c.keep for g, c in sens.groups.items()}
         for t in (float(x) for x in args.blend.split(",")):
             started = time.time()
-            keeps = {g: math.exp((1 - t) * math.log(r) + t * math.log(sens.groups[g].keep)) for g in sens.groups}
-            policy = fill_budget(keeps, "l1", predict=pruner.predict_flops, budget=target, keep_min=args.keep_min)
+            policy = fill_budget(blend_widths(anchor, t), "l1", predict=pruner.predict_flops, budget=target,
+                                 keep_min=args.keep_min)
             record("blend", t, pruner.apply(policy)[0],
                    {"keeps": [round(c.keep, 3) for c in policy.groups.values()]}, started)
     for entry in args.drop_blocks.split(";") if args.drop_blocks else []:

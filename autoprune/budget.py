@@ -1,0 +1,91 @@
+"""Policies that spend a FLOPs budget, solved by bisection on one scale shared by every group.
+
+``fill_budget`` is what the relative search spaces (fill, local, blend) call at every trial;
+``uniform_at_budget`` is uniform pruning at a budget (the baseline every search is compared
+with); ``blend_widths`` is the line from uniform pruning to an anchor policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from autoprune.policy import GroupChoice, Policy
+
+if TYPE_CHECKING:
+    from autoprune.prune import Pruner
+
+
+@dataclass(frozen=True)
+class Budget:
+    flops: int
+    params: int | None = None
+
+    def violations(self, flops: int, params: int) -> dict[str, float]:
+        """Constraint values for Optuna (<= 0 is feasible): relative excess over the budget."""
+        out = {"flops": flops / self.flops - 1}
+        if self.params is not None:
+            out["params"] = params / self.params - 1
+        return out
+
+
+def largest_fitting(fits: Callable[[float], bool], lo: float, hi: float, *, iterations: int = 40) -> float:
+    """The largest x in [lo, hi] with ``fits(x)``, for a ``fits`` that holds below some point
+    and fails above it (bisection; ``lo`` itself is returned if nothing larger fits)."""
+    if fits(hi):
+        return hi
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def fill_budget(
+    widths: Mapping[str, float],
+    methods: str | Mapping[str, str],
+    *,
+    predict: Callable[[Policy], float],
+    budget: float,
+    keep_min: float,
+    keep_max: float = 1.0,
+    iterations: int = 40,
+) -> Policy:
+    """The policy ``keep[g] = clip(scale * widths[g], keep_min, keep_max)`` with the largest
+    ``scale`` whose ``predict``-ed FLOPs stay within ``budget`` (FLOPs only grow with the
+    scale). If even ``keep_min`` everywhere is over budget, that smallest policy is returned
+    and the caller's exact check rejects it."""
+
+    def policy(scale: float) -> Policy:
+        return Policy({
+            gid: GroupChoice(
+                method=methods if isinstance(methods, str) else methods[gid],
+                keep=round(min(keep_max, max(keep_min, scale * w)), 6),
+            )
+            for gid, w in widths.items()
+        })
+
+    scale = largest_fitting(lambda s: predict(policy(s)) <= budget, 0.0, keep_max / min(widths.values()),
+                            iterations=iterations)
+    return policy(scale)
+
+
+def uniform_at_budget(pruner: Pruner, budget: float, method: str = "l1", *, keep_min: float = 1e-3,
+                      exact: bool = True) -> Policy:
+    """Uniform pruning at ``budget``: one keep ratio for every group, the largest whose FLOPs
+    fit, counted by fvcore on the pruned network (``exact``) or predicted from channel counts."""
+    from autoprune.measure import count_flops
+
+    def flops(policy: Policy) -> float:
+        if not exact:
+            return pruner.predict_flops(policy)
+        return count_flops(pruner.apply(policy)[0], pruner.example_input)
+
+    return fill_budget({g.id: 1.0 for g in pruner.groups}, method, predict=flops, budget=budget,
+                       keep_min=keep_min, iterations=25)
+
+
+def blend_widths(anchor: Mapping[str, float], t: float) -> dict[str, float]:
+    """Relative widths on the line from uniform pruning (t = 0) to ``anchor`` (t = 1) and
+    beyond: ``anchor[g] ** t``, i.e. uniform^(1-t) x anchor^t up to the common scale that
+    :func:`fill_budget` then solves."""
+    return {gid: keep**t for gid, keep in anchor.items()}

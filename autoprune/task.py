@@ -1,0 +1,44 @@
+"""From a config to what every command starts from: the task's data splits, the seeded
+calibration and refit images, and the pruner (which layers stay whole, channel rounding).
+
+Nothing here knows Optuna: the search, ``apply``, ``confirm`` and the benchmarks share it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autoprune.config import SearchConfig, data_root_path
+from autoprune.data import Task, load_task
+from autoprune.groups import resolve_ignore
+from autoprune.importance import Calibration
+from autoprune.prune import Pruner
+
+
+def load_config_task(config: SearchConfig) -> Task:
+    """The dataset ``config`` names, split into train / search-val / test."""
+    return load_task(
+        config.dataset, root=data_root_path(config), val_size=config.val_size,
+        split_seed=config.split_seed, download=config.download, image_size=config.image_size,
+    )
+
+
+def calibration_of(config: SearchConfig, x: torch.Tensor, y: torch.Tensor) -> Calibration:
+    """A seeded subset of training images for Taylor / activation importance."""
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed))[: config.calib_images]
+    return Calibration(x[idx], y[idx], batch_size=config.batch_size)
+
+
+def reconstruction_images(config: SearchConfig, x: torch.Tensor) -> torch.Tensor:
+    """A seeded subset of training images the trials' layer refits are solved on."""
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    return x[torch.randperm(len(x), generator=gen)[: config.reconstruct_images]]
+
+
+def pruner_of(model: nn.Module, example_input: torch.Tensor, config: SearchConfig, *,
+              calibration: Calibration | None = None) -> Pruner:
+    """The pruner a config describes: which layers stay whole (``ignore``, the head, the stem
+    unless ``prune_stem``), the channel rounding, and the seed of random importance."""
+    return Pruner(model, example_input, ignored=resolve_ignore(model, config.ignore, prune_stem=config.prune_stem),
+                  calibration=calibration, seed=config.seed, round_to=config.round_to,
+                  min_channels=config.min_channels)
