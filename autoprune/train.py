@@ -69,15 +69,18 @@ def recalibrate_bn(
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
-    was_training = model.training
-    model.train()
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # dropout stays off (no noise in the statistics, no draw on the global RNG) ...
+    for m in bns:
+        m.train()  # ... and only BatchNorm layers update their running statistics
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(x), generator=gen)[: num_batches * batch_size]
     for start in range(0, len(idx), batch_size):
         model(x[idx[start : start + batch_size]])
     for m, momentum in saved:
         m.momentum = momentum
-    model.train(was_training)
+    for m, training in modes.items():
+        m.training = training
 
 
 def distillation_loss(

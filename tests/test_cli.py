@@ -48,10 +48,8 @@ def test_search_stores_a_real_multi_objective_study(searched):
         assert t.user_attrs["nonzeros"] <= t.user_attrs["params"]
         assert "accuracy_before_finetune" in t.user_attrs
         assert set(t.user_attrs["channels"]) == set(t.user_attrs["policy"]["groups"])
-    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
-    for t in pruned:  # over-budget policies end as pruned, with the reason and no accuracy
-        assert t.user_attrs["feasible"] is False and t.user_attrs["reason"].startswith("infeasible")
-        assert any(v > 0 for v in t.constraints.values()) and t.values is None
+    # the default 'fill' space solves every policy to the budget: nothing is rejected
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 5
     assert complete[0].user_attrs.get("warm_start", "").startswith("uniform l1")
     assert (searched / "studies" / "digits-test" / "front.png").stat().st_size > 10_000
     # the dense baseline is cached for the next search
@@ -381,3 +379,99 @@ def test_bad_confirm_input_exits_2_and_stores_nothing(searched, monkeypatch, cap
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not [k for k in load(searched).user_attrs if k.startswith("confirm:")]
+
+
+# --------------------------------------------------------------------------- options the README promises
+def test_params_objective_and_params_budget(searched, monkeypatch):
+    """--params-objective adds a third objective; --budget-params is a second constraint:
+    trials over it are rejected before training, with the reason."""
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    assert main(["search", *FAST, "--budget-flops", "0.4", "--budget-params", "0.45", "--params-objective",
+                 "--trials", "3", "--study", "params"]) == 0
+    study = optuna.load_study(study_name="params", storage=f"sqlite:///{searched}/studies/params.db")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["accuracy", "flops", "params"]
+    info = study.user_attrs["autoprune"]
+    limit = info["budget"]["params"]
+    assert limit == int(0.45 * info["dense"]["params"])
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3
+    for t in complete:
+        assert t.values[2] == t.user_attrs["params"] <= limit
+        assert set(t.constraints) == {"flops", "params"} and all(v <= 0 for v in t.constraints.values())
+    for t in (t for t in study.trials if t.state.name == "PRUNED"):
+        assert t.user_attrs["feasible"] is False and "params" in t.user_attrs["reason"]
+        assert t.constraints["params"] > 0 and t.values is None
+
+
+def test_timeout_stops_starting_trials(searched, monkeypatch):
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "10000", "--timeout", "2",
+                 "--study", "timeout"]) == 0
+    study = optuna.load_study(study_name="timeout", storage=f"sqlite:///{searched}/studies/timeout.db")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert 1 <= len(done) < 10000 and len(study.trials) == len(done)
+
+
+def test_ctrl_c_exits_130_and_keeps_the_finished_trials(searched, monkeypatch, capsys):
+    from autoprune import objective
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    calls = []
+    real = objective.finetune
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # Ctrl-C during the third trial's fine-tune
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "finetune", interrupted)
+    assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "5", "--study", "ctrlc"]) == 130
+    assert "interrupted; completed trials are stored" in capsys.readouterr().err
+    study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{searched}/studies/ctrlc.db")
+    assert [t.state.name for t in study.trials][:2] == ["COMPLETE", "COMPLETE"]
+
+
+def test_apply_refuses_a_dense_checkpoint_that_changed(searched, tmp_path, monkeypatch, capsys):
+    """The study stores the dense checkpoint's sha256: a changed file is refused, not used."""
+    import shutil
+
+    from autoprune.cli import main
+    from autoprune.train import load_state_dict
+
+    (tmp_path / "studies").mkdir()
+    shutil.copy(searched / "studies" / "digits-test.db", tmp_path / "studies" / "digits-test.db")
+    study = load(tmp_path)
+    info = study.user_attrs["autoprune"]
+    state = load_state_dict(Path(info["dense"]["checkpoint"]))
+    next(iter(state.values())).add_(1.0)  # one weight tensor changed, same shapes
+    torch.save({"state_dict": state}, tmp_path / "dense.pt")
+    study.set_user_attr("autoprune", {**info, "dense": {**info["dense"], "checkpoint": str(tmp_path / "dense.pt")}})
+    monkeypatch.chdir(tmp_path)
+    assert main(["apply", "--study", "digits-test", "--best", "--finetune-steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "changed since the search (sha256 differs)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "studies" / "digits-test").exists()  # nothing exported
+
+
+def test_front_as_csv(searched, monkeypatch, capsys):
+    import csv
+    import io
+
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    assert main(["front", "--study", "digits-test", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    study = load(searched)
+    front = sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0]))
+    assert [int(r["trial"]) for r in rows] == [t.number for t in front]
+    for r, t in zip(rows, front):
+        assert float(r["accuracy"]) == t.values[0] and int(r["flops"]) == t.values[1]
+        assert int(r["params"]) == t.user_attrs["params"] and r["feasible"] == "True"

@@ -55,6 +55,7 @@ def test_truncated_idx_is_a_clear_error(tmp_path):
         read_idx(tmp_path / "x")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_debian_fashion_mnist_is_the_real_thing():
     task = load_task("fashion-mnist", val_size=5000, download=False)

@@ -6,7 +6,8 @@ import pytest
 
 from autoprune.groups import resolve_ignore
 from autoprune.measure import count_flops
-from autoprune.objective import Budget, Objective, TrialSettings
+from autoprune.budget import Budget
+from autoprune.objective import Objective, TrialSettings
 from autoprune.prune import Pruner
 from autoprune.sensitivity import analyse, derived_policy
 from autoprune.space import Space
@@ -124,18 +125,39 @@ def test_clearly_over_budget_policies_are_rejected_without_pruning(setup):
         assert t.user_attrs["flops_predicted"] > 1 and t.constraints["flops"] > 0
 
 
-def test_a_distilled_trial_runs_and_is_recorded(setup):
+def test_a_distilled_trial_learns_from_the_dense_model(setup):
+    """With distillation the fine-tune gets the dense model as its teacher and every step's
+    loss is the distillation loss; without it, there is no teacher."""
+    from autoprune import objective as objective_module
+    from autoprune import train
+
     task, _, pruner = setup
     obj = Objective(
         pruner=pruner, space=Space(levels=(0.5, 0.75, 1.0), methods=("l1",), distill="search"), budget=Budget(flops=10**9),
         train=(task.train_x, task.train_y), val=(task.val_x, task.val_y), settings=TrialSettings(finetune_steps=3, batch_size=64),
     )
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    study.enqueue_trial({"distill": True})
-    study.optimize(obj, n_trials=1)
-    (trial,) = study.trials
-    assert trial.state == optuna.trial.TrialState.COMPLETE
-    assert trial.params["distill"] is True and trial.user_attrs["policy"]["distill"] is True
+    teachers, losses = [], []
+    real_finetune, real_loss = train.finetune, train.distillation_loss
+
+    def finetune(*args, teacher=None, **kwargs):
+        teachers.append(teacher)
+        return real_finetune(*args, teacher=teacher, **kwargs)
+
+    train.distillation_loss = lambda *a, **k: losses.append(1) or real_loss(*a, **k)
+    objective_module.finetune = finetune
+    try:
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        study.enqueue_trial({"distill": True})
+        study.enqueue_trial({"distill": False})
+        study.optimize(obj, n_trials=2)
+    finally:
+        objective_module.finetune, train.distillation_loss = real_finetune, real_loss
+    assert teachers == [pruner.dense, None]
+    assert len(losses) == 3  # the distilled trial's 3 fine-tune steps, and none of the other's
+    distilled, plain = study.trials
+    assert distilled.state == plain.state == optuna.trial.TrialState.COMPLETE
+    assert distilled.params["distill"] is True and distilled.user_attrs["policy"]["distill"] is True
+    assert plain.user_attrs["policy"]["distill"] is False
 
 
 def test_fill_space_spends_the_budget_wherever_the_widths_put_it(setup):

@@ -43,3 +43,52 @@ def test_params_and_nonzeros(two_conv):
     zeros_in_init = sum(int((p == 0).sum()) for p in two_conv.parameters())
     assert count_nonzeros(two_conv) == expected - zeros_in_init
     assert zeros_in_init >= 4 * 9
+
+
+class StemBlockHead(torch.nn.Module):
+    """A stem (conv 1->4, BN, ReLU), torchvision's own ResNet BasicBlock(4, 4) and a head
+    (global average pool, linear 4->3), on 8x8 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(4)
+        self.block = BasicBlock(4, 4)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block(torch.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def basic_block_count(stream: int, inner: int) -> int:
+    """By hand: ``stream`` channels in the stem and the block's residual sum, ``inner`` between
+    the block's two convs; 8x8 positions everywhere."""
+    hw = 64
+    stem = hw * stream * 1 * 9 + 2 * stream * hw
+    block = hw * inner * stream * 9 + 2 * inner * hw + hw * stream * inner * 9 + 2 * stream * hw
+    head = stream * hw + stream * 3
+    return stem + block + head
+
+
+def test_flops_of_a_torchvision_basic_block_by_hand():
+    from autoprune.costmodel import FlopsPredictor
+
+    torch.manual_seed(0)
+    model = StemBlockHead().eval()
+    example = torch.zeros(1, 1, 8, 8)
+    assert basic_block_count(4, 4) == 22540
+    assert count_flops(model, example) == 22540
+    pruner = Pruner(model, example, ignored=["fc"])
+    # the residual stream (stem + the block's second conv) is one group, the block's inner width another
+    assert {g.id: set(g.members) for g in pruner.groups} == {"conv1": {"conv1", "block.conv2"},
+                                                              "block.conv1": {"block.conv1"}}
+    pruned, resolved = pruner.apply(Policy({"conv1": GroupChoice("l1", 0.5), "block.conv1": GroupChoice("l1", 0.75)}))
+    assert resolved.channels() == {"conv1": 2, "block.conv1": 3}
+    assert count_flops(pruned, example) == basic_block_count(2, 3) == 9094
+    # the predictor scales every layer with weights exactly; the pooling layer's cost is kept whole
+    predicted = FlopsPredictor(model, example, ignored=["fc"]).predict(resolved.channels())
+    assert predicted == 9094 + (4 - 2) * 64

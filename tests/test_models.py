@@ -38,6 +38,7 @@ def test_builtin_models_prune_and_keep_output_shape(name, in_channels, size):
 TORCHVISION_SAMPLE = ["resnet18", "mobilenet_v2", "efficientnet_b0", "vgg11_bn", "densenet121", "regnet_x_400mf"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TORCHVISION_SAMPLE)
 def test_torchvision_models_prune_and_keep_output_shape(name):
     torch.manual_seed(0)
@@ -56,8 +57,11 @@ def test_unknown_model_lists_choices():
         build_model("resnet21", num_classes=10, in_channels=1, input_size=28)
 
 
-def test_user_model_factory():
-    model = build_model("torch.nn:Identity", num_classes=10, in_channels=1, input_size=28)
-    assert isinstance(model, torch.nn.Identity)
-    with pytest.raises(UserError, match="has no attribute 'Nope'"):
-        build_model("torch.nn:Nope", num_classes=10, in_channels=1, input_size=28)
+def test_user_model_factory_gets_the_task_shape():
+    model = build_model("user_models:tiny_net", num_classes=7, in_channels=2, input_size=28)
+    assert model[0].in_channels == 2 and model[-1].out_features == 7
+    assert model(torch.zeros(3, 2, 28, 28)).shape == (3, 7)
+    with pytest.raises(UserError, match="has no attribute 'nope'"):
+        build_model("user_models:nope", num_classes=10, in_channels=1, input_size=28)
+    with pytest.raises(UserError, match="returned str, not nn.Module"):
+        build_model("user_models:not_a_model", num_classes=10, in_channels=1, input_size=28)

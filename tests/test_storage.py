@@ -80,13 +80,48 @@ def test_study_round_trip_in_each_backend(backend, dense, tmp_path, request):
     assert len(done) == 3
 
 
+#: trials each sampler draws at random before its model takes over (see study.make_sampler)
+STARTUP = {"tpe": 10, "nsga2": 16, "gp": 10}
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random", "gp"])
-def test_every_sampler_runs_and_respects_the_budget(sampler, dense, tmp_path):
-    study = small_search(dense, f"sqlite:///{tmp_path}/s.db", sampler=sampler, trials=3)
+def test_every_sampler_runs_past_its_startup_and_respects_the_budget(sampler, dense, tmp_path, monkeypatch):
+    """Each sampler runs two trials beyond its random start-up phase, and those are proposed by
+    its own model (``sample_relative`` returns parameters), not by the random fallback."""
+    from autoprune import study as studies
+
+    proposed = []
+    real = studies.make_sampler
+
+    def spying(name, *, seed):
+        made = real(name, seed=seed)
+        inner = made.sample_relative
+
+        def sample_relative(study, trial, space):
+            params = inner(study, trial, space)
+            proposed.append(trial.number if params else None)
+            return params
+
+        made.sample_relative = sample_relative
+        return made
+
+    monkeypatch.setattr(studies, "make_sampler", spying)
+    trials = STARTUP.get(sampler, 0) + 2
+    model, task = dense
+    study = autoprune.search(
+        model, (task.train_x, task.train_y), (task.val_x, task.val_y), task.example_input(),
+        budget_flops=0.6, storage=f"sqlite:///{tmp_path}/s.db", study="s", trials=trials, finetune_steps=0,
+        sampler=sampler, progress=False, batch_size=64, threads=1, methods=["l1", "fpgm"], bn_batches=2,
+    )
     budget = study.user_attrs["autoprune"]["budget"]["flops"]
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(done) == 3 and all(t.values[1] <= budget for t in done)
+    assert len(done) == trials and all(t.values[1] <= budget for t in done)
     assert type(study.sampler).__name__.lower().startswith({"tpe": "tpe", "nsga2": "nsgaii", "random": "random", "gp": "gp"}[sampler])
+    modelled = [n for n in proposed if n is not None]
+    if sampler == "random":
+        assert not modelled
+    else:  # the last trials, at least, came from the sampler's model
+        assert modelled and max(modelled) == trials - 1 and min(modelled) >= STARTUP[sampler] - 1
 
 
 def test_optuna_dashboard_serves_the_study(dense, tmp_path):
