@@ -64,6 +64,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="refit each pruned model's layers to the dense layers' outputs (least squares) before "
                         "scoring it; with --finetune-steps 0, a trial costs a few forward passes")
     p.add_argument("--val-size", type=int, help="images held out of train for scoring trials")
+    p.add_argument("--image-size", type=int, help="side in pixels that imagefolder images are resized to (default 32)")
     p.add_argument("--seed", type=int, help="seed for the split-independent parts: baseline, sampler, fine-tune")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per physical core; with N workers "
                    "use cores // N)")
