@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.groups import build_graph, iter_tp_groups
+from autoprune.groups import Group, build_graph, iter_tp_groups
 from autoprune.registry import Registry
 
 
@@ -78,13 +78,50 @@ class L2(_TorchPruning):
         self.impl = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
 
 
+class _FPGMImportance(tp.importance.FPGMImportance):
+    """Torch-Pruning 1.6's ``FPGMImportance.__call__``, with one line fixed: for the input side
+    of a grouped (not depthwise) conv it repeats a 2-D weight matrix with ``repeat(groups)``,
+    which raises "Number of dimensions of repeat dims can not be smaller than number of
+    dimensions of tensor" on every RegNet and ResNeXt. Here the rows are repeated once per
+    conv group. Otherwise the same computation: per layer, each channel's summed distance to
+    the others; reduced over the group."""
+
+    @torch.no_grad()
+    def __call__(self, group: tp.dependency.Group, **kwargs: object) -> torch.Tensor | None:
+        from torch_pruning.pruner import function
+
+        group_imp, group_idxs = [], []
+        for item in group:
+            layer, prune_fn = item.dep.layer, item.dep.pruning_fn
+            if not isinstance(layer, tuple(self.target_types)):
+                continue
+            transposed = getattr(layer, "transposed", False)
+            if prune_fn in (function.prune_conv_out_channels, function.prune_linear_out_channels):
+                w = (layer.weight.data.transpose(1, 0) if transposed else layer.weight.data)[item.idxs].flatten(1)
+                local = w.abs().pow(self.p)
+            elif prune_fn in (function.prune_conv_in_channels, function.prune_linear_in_channels):
+                w = layer.weight.data.flatten(1) if transposed else layer.weight.data.transpose(0, 1).flatten(1)
+                local = w.abs().pow(self.p)
+                if (prune_fn == function.prune_conv_in_channels and layer.groups != layer.in_channels
+                        and layer.groups != 1):
+                    local = local.repeat(layer.groups, 1)  # the fix: Torch-Pruning has repeat(layer.groups)
+                local = local[item.idxs]
+            else:
+                continue  # FPGM does not score BatchNorm or LayerNorm
+            group_imp.append(torch.cdist(local.unsqueeze(0), local.unsqueeze(0), p=2).squeeze(0).abs().sum(dim=0))
+            group_idxs.append(item.root_idxs)
+        if not group_imp:
+            return None
+        return self._normalize(self._reduce(group_imp, group_idxs), self.normalizer)
+
+
 @IMPORTANCES.register("fpgm")
 class FPGM(_TorchPruning):
     """Filter pruning via geometric median (He et al. 2019): filters closest to the others
     are the most replaceable."""
 
     def __init__(self, seed: int = 0) -> None:
-        self.impl = tp.importance.FPGMImportance(normalizer=None)
+        self.impl = _FPGMImportance(normalizer=None)
 
 
 @IMPORTANCES.register("taylor")
@@ -144,7 +181,10 @@ class Random(Criterion):
 class ScoreCache:
     """Channel scores of every group of one dense model, per criterion, computed lazily once.
 
-    Works on a private deep copy, so gradients and hooks never leak into the caller's model."""
+    Weight-based criteria read the dense model as it is (under ``no_grad``, nothing written);
+    data-dependent ones (taylor: gradients, activation: hooks) work on a deep copy that is
+    dropped once scored, so the caller's model never holds gradients or hooks and at most one
+    extra copy of the model exists at a time."""
 
     def __init__(
         self,
@@ -154,8 +194,10 @@ class ScoreCache:
         *,
         calibration: Calibration | None = None,
         seed: int = 0,
+        graph: tp.DependencyGraph | None = None,
     ) -> None:
-        self._model = copy.deepcopy(dense)
+        self._dense = dense
+        self._graph = graph  # the dense model's graph, if the caller has it already
         self._example = example_input
         self._ignored = list(ignored)
         self._calibration = calibration
@@ -168,9 +210,14 @@ class ScoreCache:
             criterion = IMPORTANCES.get(method)(seed=self._seed)
             if criterion.needs_data and self._calibration is None:
                 raise ValueError(f"importance {method!r} needs calibration data")
-            model = copy.deepcopy(self._model)
-            criterion.prepare(model, self._calibration)
-            graph = build_graph(model, self._example)
+            if criterion.needs_data:
+                model = copy.deepcopy(self._dense)
+                criterion.prepare(model, self._calibration)
+                graph = build_graph(model, self._example)
+            else:
+                model = self._dense
+                graph = self._graph if self._graph is not None else build_graph(model, self._example)
+                self._graph = graph
             result = {}
             with torch.no_grad():
                 for gid, _, group in iter_tp_groups(model, graph, self._ignored):
@@ -181,13 +228,23 @@ class ScoreCache:
             self._scores[method] = result
         return self._scores[method]
 
-    def keep_indices(self, group_id: str, method: str, keep: int, channel_groups: int = 1) -> list[int]:
-        """The ``keep`` highest-scoring channels, ascending; ties broken by channel index.
+    def keep_indices(self, group: Group, method: str, counts: Sequence[int]) -> list[int]:
+        """The highest-scoring channels of ``group``, ascending; ties broken by channel index.
 
-        With ``channel_groups`` G > 1 the channels form G equal slices (grouped convs): scores
-        are averaged over the slices and the same ``keep / G`` positions are kept in each."""
-        s = self.scores(method)[group_id]
-        size = len(s) // channel_groups
-        per_slice = s.view(channel_groups, size).mean(dim=0)
-        order = torch.argsort(per_slice, descending=True, stable=True)[: keep // channel_groups]
-        return sorted(g * size + int(i) for g in range(channel_groups) for i in order)
+        ``counts`` holds how many to keep per segment (see :class:`autoprune.groups.Group`);
+        each segment is ranked on its own. With ``channel_groups`` G > 1 the channels form G
+        equal slices (grouped convs, GroupNorm): scores are averaged over the slices and the
+        same ``counts[0] / G`` positions are kept in each."""
+        s = self.scores(method)[group.id]
+        g = group.channel_groups
+        if g > 1:
+            size = len(s) // g
+            per_slice = s.view(g, size).mean(dim=0)
+            order = torch.argsort(per_slice, descending=True, stable=True)[: counts[0] // g]
+            return sorted(k * size + int(i) for k in range(g) for i in order)
+        kept: list[int] = []
+        for segment, count in zip(group.segments or (tuple(range(group.channels)),), counts, strict=True):
+            idx = torch.tensor(segment)
+            order = torch.argsort(s[idx], descending=True, stable=True)[:count]
+            kept.extend(int(i) for i in idx[order])
+        return sorted(kept)

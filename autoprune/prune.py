@@ -66,14 +66,44 @@ class Pruner:
         self.dense = dense
         self.example_input = example_input
         self.ignored = list(ignored)
-        self.groups: list[Group] = find_groups(dense, example_input, ignored=self.ignored)
-        if not self.groups:
-            raise UserError("the model has no prunable channel groups (everything is ignored or coupled to the stem/head)")
         self.round_to = round_to
         self.min_channels = min_channels
-        self.scores = ScoreCache(dense, example_input, self.ignored, calibration=calibration, seed=seed)
+        self._dense_graph = build_graph(dense, example_input)
+        self.groups: list[Group] = find_groups(dense, example_input, ignored=self.ignored, graph=self._dense_graph)
+        self.scores = ScoreCache(dense, example_input, self.ignored, calibration=calibration, seed=seed,
+                                 graph=self._dense_graph)
         self._predictor: FlopsPredictor | None = None
-        self._dense_graph = None
+        #: groups that prune without error but break the forward pass (e.g. a torch.split with
+        #: fixed sizes downstream): kept whole, never sampled; {group id: why}
+        self.excluded: dict[str, str] = {}
+        self.excluded = self._unprunable()
+        self.groups = [g for g in self.groups if g.id not in self.excluded]
+        if not self.groups:
+            why = "; ".join(f"{k}: {v}" for k, v in self.excluded.items())
+            raise UserError("the model has no prunable channel groups (everything is ignored or coupled to the "
+                            f"stem/head{'; ' + why if why else ''})")
+
+    def _unprunable(self) -> dict[str, str]:
+        """Prune every group by half at once and run the network; if that fails, each group
+        alone, to find the ones that break it. Costs one pruned forward pass when all is well."""
+
+        def breaks(groups: list[Group]) -> str | None:
+            policy = Policy({g.id: GroupChoice("l1", 0.5) for g in groups})
+            try:
+                model, _ = self.apply(policy)
+                with torch.no_grad():
+                    model.eval()(self.example_input)
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of the pruned network
+                text = str(exc).strip().splitlines()
+                return f"pruning it breaks the forward pass ({type(exc).__name__}: {text[0][:160] if text else ''})"
+            return None
+
+        if not self.groups or breaks(self.groups) is None:
+            return {}
+        found = {g.id: why for g in self.groups if (why := breaks([g])) is not None}
+        return found
 
     def settings(self) -> dict[str, object]:
         """What, besides a policy's kept indices, decides the network it gives: stored in the
@@ -84,26 +114,54 @@ class Pruner:
         """FLOPs of ``policy`` predicted from its channel counts, nothing pruned (see costmodel);
         the predictor is built once, on first use."""
         if self._predictor is None:
-            self._predictor = FlopsPredictor(self.dense, self.example_input, ignored=self.ignored)
-        return self._predictor.predict(self.resolve(policy, indices=False).channels())
+            self._predictor = FlopsPredictor(self.dense, self.example_input, ignored=self.ignored,
+                                             graph=self._dense_graph)
+        self._check_known(policy)
+        kept: dict[str, int | list[int]] = {}
+        for group in self.groups:
+            choice = policy.groups.get(group.id)
+            if choice is None or choice.method == UNSTRUCTURED:
+                continue
+            if choice.kept_indices is not None:
+                kept[group.id] = len(choice.kept_indices)
+            elif group.channel_groups > 1 or not group.segments:
+                kept[group.id] = self.kept(group, choice.keep)
+            else:
+                kept[group.id] = self.segment_counts(group, choice.keep)
+        return self._predictor.predict(kept)
+
+    def segment_counts(self, group: Group, keep: float) -> list[int]:
+        """Channels kept of each segment of ``group`` at ratio ``keep``: every producer of a
+        concatenation and every chunk keeps its share, rounded to ``round_to`` and never below
+        ``min_channels`` (or all, if it has fewer). With channel groups, one count: a multiple
+        of them."""
+        g = group.channel_groups
+        if g > 1:
+            per_slice = kept_channels(group.channels // g, keep, round_to=max(1, self.round_to // g),
+                                      min_channels=-(-self.min_channels // g))
+            return [per_slice * g]
+        return [kept_channels(n, keep, round_to=self.round_to, min_channels=self.min_channels)
+                for n in group.segment_sizes()]
 
     def kept(self, group: Group, keep: float) -> int:
-        """Channels kept of ``group`` at ratio ``keep``; a multiple of its channel groups."""
-        g = group.channel_groups
-        per_slice = kept_channels(group.channels // g, keep, round_to=max(1, self.round_to // g),
-                                  min_channels=-(-self.min_channels // g))
-        return per_slice * g
+        """Channels kept of ``group`` at ratio ``keep`` (the sum over its segments)."""
+        return sum(self.segment_counts(group, keep))
+
+    def _check_known(self, policy: Policy) -> None:
+        known = [g.id for g in self.groups]
+        unknown = sorted(set(policy.groups) - set(known))
+        if unknown:
+            excluded = [u for u in unknown if u in self.excluded]
+            raise UserError(
+                f"policy names groups {unknown} that this model does not have"
+                + (f" ({', '.join(excluded)}: kept whole, {self.excluded[excluded[0]]})" if excluded else "")
+                + f"; its prunable groups are: {', '.join(known)}"
+            )
 
     def resolve(self, policy: Policy, *, indices: bool = True) -> Policy:
         """Fill in channel counts (and, with ``indices``, the kept channel indices) of every
         group; groups missing from the policy stay whole."""
-        by_id = {g.id: g for g in self.groups}
-        unknown = sorted(set(policy.groups) - set(by_id))
-        if unknown:
-            raise UserError(
-                f"policy names groups {unknown} that this model does not have; "
-                f"its prunable groups are: {', '.join(by_id)}"
-            )
+        self._check_known(policy)
         resolved: dict[str, GroupChoice] = {}
         for group in self.groups:
             choice = policy.groups.get(group.id, GroupChoice(method="l1", keep=1.0))
@@ -115,10 +173,14 @@ class Pruner:
             if choice.method == UNSTRUCTURED:
                 resolved[group.id] = GroupChoice(UNSTRUCTURED, choice.keep, group.channels, group.channels)
                 continue
-            kept = len(choice.kept_indices) if choice.kept_indices is not None else self.kept(group, choice.keep)
             idx = choice.kept_indices
-            if idx is None and indices:
-                idx = tuple(self.scores.keep_indices(group.id, choice.method, kept, group.channel_groups))
+            if idx is not None:
+                kept = len(idx)
+            else:
+                counts = self.segment_counts(group, choice.keep)
+                kept = sum(counts)
+                if indices:
+                    idx = tuple(self.scores.keep_indices(group, choice.method, counts))
             if idx is not None and idx and idx[-1] >= group.channels:
                 raise UserError(f"policy group {group.id!r}: kept index {idx[-1]} >= {group.channels} channels")
             resolved[group.id] = GroupChoice(choice.method, choice.keep, group.channels, kept, idx)
@@ -128,8 +190,6 @@ class Pruner:
         """For every conv / linear layer whose output channels ``resolved`` removes: which of the
         dense layer's output channels the pruned layer keeps, in order (layers left whole are
         missing). Read from Torch-Pruning's groups on the dense graph; nothing is pruned."""
-        if self._dense_graph is None:
-            self._dense_graph = build_graph(self.dense, self.example_input)
         graph = self._dense_graph
         modules = dict(self.dense.named_modules())
         names = {m: n for n, m in modules.items()}
@@ -189,7 +249,7 @@ def apply_policy(
 
     meta = policy.meta
     if ignored is None:
-        ignored = list(meta["ignored"]) if "ignored" in meta else resolve_ignore(model, [])
+        ignored = list(meta["ignored"]) if "ignored" in meta else resolve_ignore(model, example_input)
     pruner = Pruner(
         model, example_input, ignored=list(ignored), calibration=calibration, seed=seed,
         round_to=round_to if round_to is not None else int(meta.get("round_to", 1)),

@@ -39,6 +39,7 @@ def pruner_of(model: nn.Module, example_input: torch.Tensor, config: SearchConfi
               calibration: Calibration | None = None) -> Pruner:
     """The pruner a config describes: which layers stay whole (``ignore``, the head, the stem
     unless ``prune_stem``), the channel rounding, and the seed of random importance."""
-    return Pruner(model, example_input, ignored=resolve_ignore(model, config.ignore, prune_stem=config.prune_stem),
+    return Pruner(model, example_input,
+                  ignored=resolve_ignore(model, example_input, config.ignore, prune_stem=config.prune_stem),
                   calibration=calibration, seed=config.seed, round_to=config.round_to,
                   min_channels=config.min_channels)

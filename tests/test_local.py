@@ -16,7 +16,7 @@ from autoprune.space import BLEND_MAX, LOCAL_RANGE, Space, blend_order, widths_o
 @pytest.fixture(scope="module")
 def setup(digits_dense):
     model, task = digits_dense
-    pruner = Pruner(model, task.example_input(), ignored=resolve_ignore(model, []))
+    pruner = Pruner(model, task.example_input(), ignored=resolve_ignore(model, task.example_input()))
     return task, model, pruner
 
 

@@ -12,7 +12,7 @@ from autoprune.prune import Pruner
 
 
 def prune_half(model, example):
-    pruner = Pruner(model, example, ignored=resolve_ignore(model, []))
+    pruner = Pruner(model, example, ignored=resolve_ignore(model, example))
     policy = Policy({g.id: GroupChoice("l1", 0.5) for g in pruner.groups})
     pruned, resolved = pruner.apply(policy)
     return pruner, pruned, resolved

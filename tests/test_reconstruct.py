@@ -32,7 +32,7 @@ def resnet():
 
 def test_kept_outputs_name_the_dense_channels_each_pruned_layer_kept(resnet):
     example = torch.randn(1, 1, 8, 8)
-    pruner = Pruner(resnet, example, ignored=resolve_ignore(resnet, []), seed=3)
+    pruner = Pruner(resnet, example, ignored=resolve_ignore(resnet, example), seed=3)
     policy = Policy({g.id: GroupChoice("random", 0.5) for g in pruner.groups})  # not a prefix of the channels
     pruned, resolved = pruner.apply(policy)
     kept = pruner.kept_outputs(resolved)
@@ -51,7 +51,7 @@ def test_kept_outputs_name_the_dense_channels_each_pruned_layer_kept(resnet):
 
 def test_refit_brings_the_pruned_network_back_towards_the_dense_one(digits_dense):
     model, task = digits_dense
-    pruner = Pruner(model, task.example_input(), ignored=resolve_ignore(model, []))
+    pruner = Pruner(model, task.example_input(), ignored=resolve_ignore(model, task.example_input()))
     pruned, resolved = pruner.apply(uniform(pruner, 0.3))
     refit = copy.deepcopy(pruned)
     fits = reconstruct(refit, model, pruner.kept_outputs(resolved), task.train_x[:512])

@@ -17,21 +17,21 @@ from autoprune.study import IDENTITY_DEFAULTS, check_identity
 
 def test_the_head_stays_whole_and_the_stem_only_on_request():
     resnet = build_model("resnet20", num_classes=10, in_channels=1, input_size=8)
-    assert resolve_ignore(resnet, []) == ["conv1", "fc"]
-    assert resolve_ignore(resnet, [], prune_stem=True) == ["fc"]
+    assert resolve_ignore(resnet, torch.zeros(1, 1, 8, 8)) == ["conv1", "fc"]
+    assert resolve_ignore(resnet, torch.zeros(1, 1, 8, 8), prune_stem=True) == ["fc"]
     # the head is the last layer, not the last name in sorted order
     cnn = build_model("smallcnn", num_classes=10, in_channels=1, input_size=8)
-    assert resolve_ignore(cnn, [], prune_stem=True) == ["classifier.5"]
-    assert resolve_ignore(cnn, []) == ["classifier.5", "features.0"]
+    assert resolve_ignore(cnn, torch.zeros(1, 1, 8, 8), prune_stem=True) == ["classifier.5"]
+    assert resolve_ignore(cnn, torch.zeros(1, 1, 8, 8)) == ["classifier.5", "features.0"]
 
 
 def test_pruning_the_stem_thins_the_first_residual_stream():
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10, in_channels=1, input_size=8).eval()
     example = torch.zeros(1, 1, 8, 8)
-    pruner = Pruner(model, example, ignored=resolve_ignore(model, [], prune_stem=True))
+    pruner = Pruner(model, example, ignored=resolve_ignore(model, example, prune_stem=True))
     assert "conv1" in [g.id for g in pruner.groups]
-    assert "conv1" not in [g.id for g in Pruner(model, example, ignored=resolve_ignore(model, [])).groups]
+    assert "conv1" not in [g.id for g in Pruner(model, example, ignored=resolve_ignore(model, example)).groups]
 
     pruned, resolved = pruner.apply(Policy({"conv1": GroupChoice("l1", 0.5)}))
     layers = dict(pruned.named_modules())

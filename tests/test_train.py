@@ -49,7 +49,7 @@ def test_checkpoints_round_trip_and_refuse_code(tmp_path):
 
 def test_ignore_patterns():
     model = build_model("resnet20", num_classes=10, in_channels=1, input_size=8)
-    assert resolve_ignore(model, []) == ["conv1", "fc"]
-    assert "layers.8.conv1" in resolve_ignore(model, ["layers.8.*"])
+    assert resolve_ignore(model, torch.zeros(1, 1, 8, 8)) == ["conv1", "fc"]
+    assert "layers.8.conv1" in resolve_ignore(model, torch.zeros(1, 1, 8, 8), ["layers.8.*"])
     with pytest.raises(UserError, match="ignore pattern 'nothing.*' matches no module"):
-        resolve_ignore(model, ["nothing.*"])
+        resolve_ignore(model, torch.zeros(1, 1, 8, 8), ["nothing.*"])
