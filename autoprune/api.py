@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -11,18 +12,23 @@ import torch
 from torch import nn
 
 from autoprune.config import DEFAULT_METHODS, SearchConfig
-from autoprune.data import _stack
+from autoprune.device import Runtime, resolve_device
+from autoprune.data import LazySplit, Split, TensorSplit, _labels, _Normalize
+from autoprune.errors import UserError
 from autoprune.pipeline import plan, search_model
 
 
-def _tensors(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(data: Any, name: str) -> Split:
+    """``(inputs, labels)`` tensors are held in memory; any other dataset of ``(input, label)``
+    pairs is read per batch."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
-    else:
-        x, y = _stack(data)
-    if x.dim() < 2 or len(x) != len(y):
-        raise ValueError(f"{name} must be (inputs, labels) with one label per input; got {tuple(x.shape)}, {tuple(y.shape)}")
-    return x.float(), y.long()
+        if x.dim() < 2 or len(x) != len(y):
+            raise UserError(f"{name} must be (inputs, labels) with one label per input; got {tuple(x.shape)}, "
+                            f"{tuple(y.shape)}")
+        return TensorSplit(x.float(), y.long())
+    labels = _labels(data, name)
+    return LazySplit(data, torch.arange(len(labels)), labels, _Normalize(None, None, None), name=name)
 
 
 def _state_sha256(model: nn.Module) -> str:
@@ -56,8 +62,9 @@ def search(
 ) -> optuna.Study:
     """Search pruning policies for a trained ``model`` and return the Optuna study.
 
-    ``train_data`` / ``val_data``: ``(inputs, labels)`` tensors or any dataset of
-    ``(input, label)`` pairs (decoded once into memory). ``example_input``: one batch of the
+    ``train_data`` / ``val_data``: ``(inputs, labels)`` tensors (held in memory) or any dataset
+    of ``(input tensor, label)`` pairs (read per batch). ``model`` stays on the CPU; trials
+    train on ``device`` (option; default CUDA when available). ``example_input``: one batch of the
     model's input shape (FLOPs are counted at batch 1). ``budget_flops``: a fraction of the
     dense FLOPs (0.5) or an absolute count ("150M"). Further ``options`` are the fields of
     :class:`autoprune.config.SearchConfig` (e.g. ``round_to``, ``distill``, ``batch_size``).
@@ -83,13 +90,17 @@ def search(
         },
         source="autoprune.search",
     )
-    train = _tensors(train_data, "train_data")
-    val = _tensors(val_data, "val_data")
+    train = _split(train_data, "train_data")
+    val = _split(val_data, "val_data")
+    if any(t.device.type != "cpu" for t in model.parameters()):
+        model = copy.deepcopy(model).cpu()  # trials prune on the CPU; the caller's model is not moved
     model.eval()
-    example = example_input[:1]
+    example = example_input[:1].detach().cpu()
+    runtime = Runtime(device=resolve_device(config.device), amp=config.amp,
+                      workers=config.loader_workers if isinstance(train, LazySplit) else 0)
     the_plan = plan(model, example, config)
     result, _ = search_model(
         dense=model, train=train, val=val, example_input=example, config=config, the_plan=the_plan,
-        dense_info={"checkpoint": None, "sha256": _state_sha256(model)}, progress=progress,
+        dense_info={"checkpoint": None, "sha256": _state_sha256(model)}, progress=progress, runtime=runtime,
     )
     return result

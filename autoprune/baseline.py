@@ -11,7 +11,7 @@ from torch import nn
 
 from autoprune.config import SearchConfig
 from autoprune.data import Task
-from autoprune.device import seeded
+from autoprune.device import Runtime, seeded
 from autoprune.models import build_model
 from autoprune.train import checkpoint_key, evaluate, file_sha256, load_weights, save_state, train_dense
 
@@ -34,14 +34,16 @@ def skeleton(config: SearchConfig, task: Task) -> nn.Module:
 def dense_checkpoint_path(config: SearchConfig, task: Task) -> Path:
     key = checkpoint_key(
         model=config.model, data=task.fingerprint(), seed=config.seed, epochs=config.dense_epochs,
-        lr=config.dense_lr, batch_size=config.batch_size,
+        lr=config.dense_lr, batch_size=config.batch_size, input=list(task.input_shape),
+        augment=config.augment if task.lazy else None,
     )
     safe = config.model.replace(":", "_").replace("/", "_")
     return Path(config.cache_dir) / f"{task.dataset.replace(':', '_')}-{safe}-{key}.pt"
 
 
-def get_dense(config: SearchConfig, task: Task, *, progress: bool = True) -> Dense:
-    """Load the user checkpoint, else the cached baseline, else train and cache one."""
+def get_dense(config: SearchConfig, task: Task, *, progress: bool = True, runtime: Runtime | None = None) -> Dense:
+    """Load the user checkpoint, else the cached baseline, else train one (on the runtime's
+    device) and cache it. The model returned lives on the CPU."""
     model = skeleton(config, task)
     if config.checkpoint:
         path = Path(config.checkpoint).expanduser()
@@ -51,14 +53,18 @@ def get_dense(config: SearchConfig, task: Task, *, progress: bool = True) -> Den
     if path.exists():
         load_weights(model, path)
         return Dense(model.eval(), path, file_sha256(path), trained=False)
+    runtime = runtime or Runtime()
     if progress:
-        print(f"training the dense {config.model} on {task.dataset} for {config.dense_epochs} epochs "
-              f"(cached at {path} for later runs)", file=sys.stderr)
+        print(f"training the dense {config.model} on {task.dataset} for {config.dense_epochs} epochs on "
+              f"{runtime.device} (cached at {path} for later runs)", file=sys.stderr)
+    model.to(runtime.device)
     train_dense(
-        model, task.train_x, task.train_y, epochs=config.dense_epochs, batch_size=config.batch_size,
-        lr=config.dense_lr, seed=config.seed, progress=progress,
+        model, task.train, epochs=config.dense_epochs, batch_size=config.batch_size,
+        lr=config.dense_lr, seed=config.seed, progress=progress, amp=runtime.amp, workers=runtime.workers,
     )
     model.eval()
+    accuracy = evaluate(model, task.val, amp=runtime.amp, workers=runtime.workers)
+    model.cpu()
     save_state(model, path, arch=config.model, dataset=task.dataset, seed=config.seed,
-               epochs=config.dense_epochs, val_accuracy=evaluate(model, task.val_x, task.val_y))
+               epochs=config.dense_epochs, val_accuracy=accuracy)
     return Dense(model, path, file_sha256(path), trained=True)

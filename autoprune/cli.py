@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too (e.g. of your own factory)")
     p.add_argument("--config", help="study config TOML (e.g. studies/fashion-mnist.toml); flags override it")
     p.add_argument("--budget-flops", help="fraction of dense FLOPs (0.5) or an absolute count (150M); required")
     p.add_argument("--budget-params", help="optional parameter budget, same forms as --budget-flops")
@@ -57,6 +59,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm-start", help="comma-separated first trials of a new study: uniform (default), sensitivity")
     p.add_argument("--params-objective", action="store_const", const=True, help="also minimise parameters (3rd objective)")
     p.add_argument("--finetune-steps", type=int, help="fine-tune mini-batches per trial")
+    p.add_argument("--batch-size", type=int, help="images per mini-batch (default 128)")
+    p.add_argument("--bn-batches", type=int, help="mini-batches that re-estimate BatchNorm statistics after pruning (default 20)")
     p.add_argument("--early-stop", type=float, help="after this fraction of the fine-tune steps, stop a trial that an "
                    "earlier one with no more FLOPs beats by --early-stop-margin (default 0 = off)")
     p.add_argument("--early-stop-margin", type=float, help="accuracy margin for --early-stop (default 0.02)")
@@ -64,15 +68,26 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="refit each pruned model's layers to the dense layers' outputs (least squares) before "
                         "scoring it; with --finetune-steps 0, a trial costs a few forward passes")
     p.add_argument("--val-size", type=int, help="images held out of train for scoring trials")
-    p.add_argument("--image-size", type=int, help="side in pixels that imagefolder images are resized to (default 32)")
+    p.add_argument("--image-size", type=int, help="imagefolder: side in pixels images are cropped to (default 224); "
+                   "built-in datasets keep their own size")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const=False,
+                   help="imagefolder: no random-resized crop and flip while training")
+    p.add_argument("--workers", type=int, help="DataLoader processes for data read per batch (default min(4, cores - 1))")
     p.add_argument("--seed", type=int, help="seed for the split-independent parts: baseline, sampler, fine-tune")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per physical core; with N workers "
                    "use cores // N)")
+    _device_args(p)
+    p.add_argument("--amp", help="mixed precision on CUDA: bf16, fp16 or off (default)")
     p.add_argument("--out", help="folder for front.csv/json/png (default studies/<study>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="where to compute: auto (CUDA when available; default), cpu, cuda, cuda:N, mps")
+
+
 def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     p.add_argument("--config", help="the study config TOML used for the search (gives storage and study name)")
     p.add_argument("--storage", help="SQLAlchemy URL of the study (default sqlite:///studies/<study>.db)")
     p.add_argument("--study", help="study name (may be omitted when the storage holds one study)")
@@ -95,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--policy", help="a policy.json file (e.g. edited by hand or exported elsewhere) instead of a trial")
     p.add_argument("--finetune-steps", type=int, default=1000, help="fine-tune mini-batches (default 1000)")
     p.add_argument("--data-root", help="dataset folder, if it moved since the search")
+    _device_args(p)
     p.add_argument("--out", help="export folder (default studies/<study>/trial-<N>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("confirm", help="re-score the best trials after a longer fine-tune (apply --best then picks by it)",
@@ -109,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1000, help="fine-tune steps per run (default 1000, as apply)")
     p.add_argument("--seeds", type=int, default=1, help="runs per trial, seeds seed..seed+N-1 of the study (default 1)")
     p.add_argument("--data-root", help="dataset folder, if it moved since the search")
+    _device_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -167,6 +184,10 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"({counts['seconds']:.0f} s)")
     print(f"budget: {human(info['budget']['flops'])} FLOPs ({info['budget']['flops'] / info['dense']['flops']:.3f} of dense "
           f"{human(info['dense']['flops'])}); dense search-val accuracy {info['dense']['val_accuracy']:.4f}")
+    for reason, numbers in counts["failures"].items():
+        print(f"failed trial(s) {', '.join(map(str, numbers))}: {reason}")
+    for gid, why in (info.get("excluded") or {}).items():
+        print(f"kept whole: {gid} ({why})")
     rows = report.front_rows(study)
     if rows:
         print("\nPareto front (search-val accuracy after a short fine-tune):")
@@ -187,7 +208,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from autoprune.baseline import get_dense
     from autoprune.config import human
     from autoprune.pipeline import importance_for_analysis, plan
-    from autoprune.task import load_config_task, pruner_of
+    from autoprune.task import load_config_task, pruner_of, runtime_of
 
     budget_given = bool(args.budget_flops)
     if not budget_given:
@@ -195,13 +216,15 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     _set_threads(config.threads)
     task = load_config_task(config)
+    runtime = runtime_of(config, task)
     example = task.example_input()
-    dense = get_dense(config, task, progress=not args.quiet)
+    dense = get_dense(config, task, progress=not args.quiet, runtime=runtime)
     pruner = pruner_of(dense.model, example, config)
     # the same method, hence the same cached analysis and policy, as --warm-start sensitivity / --space local
-    result = sensitivity.analyse(pruner, task.train_x, (task.val_x, task.val_y), config.keep_levels,
+    result = sensitivity.analyse(pruner, task.plain_train, task.val, config.keep_levels,
                                  method=importance_for_analysis(config), batch_size=config.batch_size,
-                                 seed=config.seed, progress=not args.quiet, cache_dir=Path(config.cache_dir))
+                                 seed=config.seed, progress=not args.quiet, cache_dir=Path(config.cache_dir),
+                                 runtime=runtime)
     paths = sensitivity.write(result, _out_dir(args, config.study_name))
     print(sensitivity.format_table(result))
     if budget_given:
@@ -253,7 +276,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("studies") / study.study_name / label
     report = apply_trial(study, trial_number=trial_number, policy_file=Path(args.policy) if args.policy else None,
                          out_dir=out, finetune_steps=args.finetune_steps, data_root=args.data_root,
-                         progress=not args.quiet)
+                         device=args.device, progress=not args.quiet)
     print_report(report, out)
     return 0
 
@@ -289,7 +312,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
               f"(search {trial.values[0]:.4f}; {run['seconds']:.0f} s)", file=sys.stderr)
 
     confirm.confirm(study, trials, steps=args.steps, seeds=args.seeds, data_root=args.data_root,
-                    progress=not args.quiet, on_run=done)
+                    device=args.device, progress=not args.quiet, on_run=done)
     print(confirm.format_table(study, args.steps))
     best = confirm.best_confirmed(study)
     if best is not None:
@@ -305,12 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # failed trials get one line each from autoprune (with the reason stored); Optuna's warning would add a traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         commands = {"search": cmd_search, "sensitivity": cmd_sensitivity, "front": cmd_front, "apply": cmd_apply,
                     "confirm": cmd_confirm}
         return commands[args.command](args)
     except UserError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc)
         print(f"autoprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

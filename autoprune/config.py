@@ -8,6 +8,7 @@ and the study name.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ SAMPLERS = ("tpe", "nsga2", "random", "gp")
 SPACES = ("fill", "free", "local", "blend")
 DISTILL = ("off", "on", "search")
 WARM_STARTS = ("uniform", "sensitivity")
+AMP = ("off", "bf16", "fp16")
 DEFAULT_METHODS = ("l1", "l2", "fpgm", "taylor", "activation")
 
 
@@ -30,9 +32,10 @@ class SearchConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     download: bool = True
-    val_size: int = 5000
+    val_size: int | None = None  # search-val images; None: 10% of train, at most 5,000
     split_seed: int = 0
-    image_size: int = 32
+    image_size: int | None = None  # imagefolder: side in pixels (None: 224); built-ins keep their own size
+    augment: bool = True  # imagefolder: random-resized crop + flip while training
     checkpoint: str | None = None  # a user's dense weights; else trained and cached
     dense_epochs: int = 3
     dense_lr: float = 0.05
@@ -48,6 +51,9 @@ class SearchConfig:
     sampler: str = "tpe"
     seed: int = 0
     threads: int | None = None  # torch CPU threads; None: torch's default (one per physical core)
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N, mps
+    amp: str = "off"  # autocast on CUDA: bf16, fp16 or off
+    workers: int | None = None  # DataLoader processes for data read per batch; None: min(4, cores - 1)
     # space
     space: str = "fill"  # "fill": relative widths scaled to spend the budget; "free": absolute keep levels;
     # "local": fill around the sensitivity-derived policy (half to twice its keeps);
@@ -113,6 +119,11 @@ class SearchConfig:
         return self.storage or f"sqlite:///studies/{self.study_name}.db"
 
     @property
+    def loader_workers(self) -> int:
+        """DataLoader worker processes for data read per batch (in-memory data uses none)."""
+        return self.workers if self.workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
+
+    @property
     def keep_levels(self) -> list[float]:
         n = int(round((self.keep_max - self.keep_min) / self.keep_step))
         return [round(self.keep_min + i * self.keep_step, 6) for i in range(n + 1)]
@@ -128,7 +139,9 @@ class SearchConfig:
         for name in self.field_names():
             value = getattr(self, name)
             t = str(types[name])
-            if t == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+            if value is None and "None" in t:
+                continue
+            if t.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
                 raise bad(f"{name} = {value!r} must be an integer")
             if t == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
                 raise bad(f"{name} = {value!r} must be a number")
@@ -169,8 +182,14 @@ class SearchConfig:
         positive = ("trials", "val_size", "dense_epochs", "batch_size", "round_to", "min_channels", "calib_images", "image_size",
                     "reconstruct_images")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(f"{name} = {getattr(self, name)} must be >= 1")
+        if self.workers is not None and self.workers < 0:
+            raise bad(f"workers = {self.workers} must be >= 0")
+        if self.amp not in AMP:
+            raise unknown_choice("amp setting", self.amp, AMP)
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device.strip().lower()):
+            raise unknown_choice("device", self.device, ("auto", "cpu", "cuda", "cuda:N", "mps"))
         for name in ("finetune_steps", "bn_batches"):
             if getattr(self, name) < 0:
                 raise bad(f"{name} = {getattr(self, name)} must be >= 0")

@@ -99,6 +99,7 @@ def confirm(
     steps: int,
     seeds: int,
     data_root: str | None = None,
+    device: str | None = None,
     progress: bool = False,
     on_run: Callable[[FrozenTrial, dict[str, Any]], None] | None = None,
 ) -> dict[int, list[float]]:
@@ -108,13 +109,16 @@ def confirm(
     from autoprune.device import torch_threads
     from autoprune.policy import Policy
     from autoprune.replay import prepare, recover
+    from autoprune.task import runtime_of
     from autoprune.train import evaluate
 
     if steps < 1:
         raise UserError(f"--steps {steps} must be at least 1")
     if seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
-    config, task, _, pruner = prepare(studies.info(study), study_name=study.study_name, data_root=data_root)
+    config, task, _, pruner = prepare(studies.info(study), study_name=study.study_name, data_root=data_root,
+                                      device=device)
+    rt = runtime_of(config, task)
     with torch_threads(config.threads):
         for trial in trials:
             key = f"{PREFIX}{trial.number}"
@@ -126,8 +130,9 @@ def confirm(
                     continue
                 t0 = time.perf_counter()
                 model, _ = recover(pruner, policy, task, dataclasses.replace(config, seed=seed), steps=steps,
-                                   progress=progress, desc=f"confirm trial {trial.number}, seed {seed}")
-                run = {"steps": steps, "seed": seed, "accuracy": evaluate(model, task.val_x, task.val_y),
+                                   progress=progress, desc=f"confirm trial {trial.number}, seed {seed}", runtime=rt)
+                run = {"steps": steps, "seed": seed,
+                       "accuracy": evaluate(model, task.val, amp=rt.amp, workers=rt.workers),
                        "seconds": round(time.perf_counter() - t0, 1)}
                 stored.append(run)
                 study.set_user_attr(key, {"runs": stored})

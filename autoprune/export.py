@@ -3,6 +3,7 @@ the TEST split, and export weights + policy.json + report. Rebuild without unpic
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -16,13 +17,14 @@ from autoprune import study as studies
 from autoprune.config import human
 from autoprune.confirm import choose_trial
 from autoprune.data import Task
-from autoprune.device import torch_threads
+from autoprune.device import Runtime, torch_threads
 from autoprune.errors import UserError
 from autoprune.measure import count_flops, count_nonzeros, count_params, latency_ms
 from autoprune.policy import Policy
 from autoprune.prune import apply_policy
 from autoprune.replay import prepare, recover
-from autoprune.train import evaluate, load_weights, save_state
+from autoprune.task import runtime_of
+from autoprune.train import evaluate, load_weights, model_device, save_state
 
 
 def apply_trial(
@@ -33,33 +35,37 @@ def apply_trial(
     policy_file: Path | None = None,
     finetune_steps: int,
     data_root: str | None = None,
+    device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Re-apply a trial's policy (or the policy in ``policy_file``) to the study's dense
-    checkpoint, fine-tune, evaluate on the test split, export."""
+    checkpoint, fine-tune, evaluate on the test split, export. ``device`` overrides the
+    study's (a study searched on a GPU can be applied on a CPU, and the reverse)."""
     info = studies.info(study)
     if policy_file is not None:
         policy, trial = Policy.load(policy_file), None
     else:
         trial = choose_trial(study, trial_number)
         policy = Policy.from_dict(trial.user_attrs["policy"], source=f"trial {trial.number} policy")
-    config, task, dense, pruner = prepare(info, study_name=study.study_name, data_root=data_root)
+    config, task, dense, pruner = prepare(info, study_name=study.study_name, data_root=data_root, device=device)
+    rt = runtime_of(config, task)
     example = task.example_input()
     source = f"trial {trial.number}" if trial else str(policy_file)
-    with torch_threads(config.threads) as threads:
+    with torch_threads(config.threads):
         model, resolved = recover(pruner, policy, task, config, steps=finetune_steps, progress=progress,
-                                  desc=f"fine-tune {source}")
+                                  desc=f"fine-tune {source}", runtime=rt)
         report = {
             "study": study.study_name,
             "trial": trial.number if trial else None,
             "policy_source": source,
             "finetune_steps": finetune_steps,
             "search_val_accuracy": trial.values[0] if trial else None,
-            "dense": summary(dense, task, example),
-            "pruned": summary(model, task, example),
+            "dense": summary(copy.deepcopy(dense).to(rt.device), task, example, rt),
+            "pruned": summary(model, task, example, rt),
             "units": {"flops": info["units"]["flops"], "accuracy": "top-1 on the TEST split",
-                      "latency_ms": f"median forward of batch 64, {threads} CPU thread(s)"},
+                      "latency_ms": f"median forward of batch 64 on {rt.describe()}"},
         }
+        model.cpu()  # exported weights do not depend on the device
     resolved = Policy(groups=resolved.groups, distill=resolved.distill, meta={
         "model": config.model, "dataset": config.dataset, "input_shape": list(example.shape[1:]),
         "num_classes": task.num_classes, "dense_sha256": info["dense"]["sha256"], "ignored": info["ignored"],
@@ -74,9 +80,13 @@ def apply_trial(
     return report
 
 
-def summary(model: nn.Module, task: Task, example: torch.Tensor) -> dict[str, Any]:
+def summary(model: nn.Module, task: Task, example: torch.Tensor, runtime: Runtime | None = None) -> dict[str, Any]:
+    """Test accuracy, FLOPs (fvcore, batch 1), parameters, non-zeros and latency of ``model``,
+    measured where it lives."""
+    rt = runtime if runtime is not None else Runtime()
+    example = example.to(model_device(model))
     return {
-        "test_accuracy": evaluate(model, task.test_x, task.test_y),
+        "test_accuracy": evaluate(model, task.test, amp=rt.amp, workers=rt.workers),
         "flops": count_flops(model, example),
         "params": count_params(model),
         "nonzeros": count_nonzeros(model),
@@ -92,7 +102,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("FLOPs", human(d["flops"]), human(p["flops"]), f"{p['flops'] / d['flops']:.3f}x"),
         ("params", human(d["params"]), human(p["params"]), f"{p['params'] / d['params']:.3f}x"),
         ("nonzero params", human(d["nonzeros"]), human(p["nonzeros"]), f"{p['nonzeros'] / d['nonzeros']:.3f}x"),
-        ("CPU latency, batch 64", f"{d['latency_ms']:.2f} ms", f"{p['latency_ms']:.2f} ms",
+        ("latency, batch 64", f"{d['latency_ms']:.2f} ms", f"{p['latency_ms']:.2f} ms",
          f"{p['latency_ms'] / d['latency_ms']:.3f}x"),
     ]
     lines = [

@@ -146,23 +146,57 @@ class Taylor(_TorchPruning):
 
 
 @IMPORTANCES.register("activation")
-class Activation(_TorchPruning):
+class Activation(Criterion):
     """Activation-based neuron importance: mean |input| each channel brings to the layers
-    that consume it (i.e. after BN and the nonlinearity), over the calibration images."""
+    that consume it (i.e. after BN and the nonlinearity), over the calibration images.
+
+    Written here rather than delegated: Torch-Pruning 1.6's ActivationImportance keeps only the
+    last forward pass and, on a group whose channels reach a layer through a concatenation
+    after a split, indexes past the end of its own score vector ("index 12 is out of bounds")."""
 
     needs_data = True
 
     def __init__(self, seed: int = 0) -> None:
-        self.impl = tp.importance.ActivationImportance(normalizer=None)
+        self.stats: dict[nn.Module, torch.Tensor] = {}
 
     def prepare(self, model: nn.Module, calibration: Calibration | None) -> None:
         if calibration is None:
             raise ValueError("activation importance needs calibration data")
+        sums: dict[nn.Module, torch.Tensor] = {}
+        counts: dict[nn.Module, int] = {}
+
+        def record(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach().abs().float()
+            x = x.transpose(0, 1).flatten(1) if isinstance(module, nn.Conv2d) else x.flatten(0, -2).t()
+            sums[module] = sums.get(module, 0) + x.sum(dim=1)  # per input channel / feature
+            counts[module] = counts.get(module, 0) + x.shape[1]
+
+        layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        handles = [m.register_forward_pre_hook(record) for m in layers]
         model.eval()
-        # Torch-Pruning keeps the statistics of the last forward pass only: one pass over all
-        # calibration images at once.
-        with torch.no_grad(), self.impl.compute_importance(model):
-            model(calibration.x)
+        try:
+            with torch.no_grad():
+                for start in range(0, len(calibration.y), calibration.batch_size):
+                    model(calibration.x[start : start + calibration.batch_size])
+        finally:
+            for h in handles:
+                h.remove()
+        self.stats = {m: sums[m] / counts[m] for m in sums}
+
+    def score(self, group: tp.dependency.Group, group_id: str) -> torch.Tensor:
+        channels = len(group[0].idxs)
+        total, seen = torch.zeros(channels), torch.zeros(channels)
+        graph = group._DG
+        for item in group:
+            layer = item.dep.target.module
+            if layer not in self.stats or not graph.is_in_channel_pruning_fn(item.dep.handler):
+                continue
+            idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
+            roots = torch.as_tensor([int(r) for r in item.root_idxs], dtype=torch.long)
+            ok = (idxs < len(self.stats[layer])) & (roots < channels)
+            total.scatter_add_(0, roots[ok], self.stats[layer][idxs[ok]])
+            seen.scatter_add_(0, roots[ok], torch.ones(int(ok.sum())))
+        return total / seen.clamp_min(1)
 
 
 @IMPORTANCES.register("random")

@@ -63,16 +63,22 @@ def count_nonzeros(model: nn.Module) -> int:
 @torch.no_grad()
 def latency_ms(model: nn.Module, example_input: torch.Tensor, *, batch: int = 64, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall-clock milliseconds of one eval-mode forward pass on a batch of ``batch``,
-    on the current device and thread setting. Noisy: compare models side by side in one run."""
+    on the model's device (synchronised on CUDA) and the current thread setting. Noisy:
+    compare models side by side in one run."""
+    from autoprune.device import synchronize
+
     was_training = model.training
     model.eval()
-    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+    device = next(iter(model.parameters()), example_input).device
+    x = example_input[:1].to(device).expand(batch, *example_input.shape[1:]).contiguous()
     for _ in range(warmup):
         model(x)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         model(x)
+        synchronize(device)  # CUDA runs asynchronously: wait for the kernels before reading the clock
         times.append((time.perf_counter() - t0) * 1000)
     model.train(was_training)
     return statistics.median(times)

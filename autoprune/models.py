@@ -188,7 +188,11 @@ def load_object(spec: str, kind: str) -> Callable[..., object]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"cannot import module {module_name!r} for {kind} {spec!r}: {exc}") from None
+        raise UserError(f"cannot import module {module_name!r} for {kind} {spec!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the user's module fails while importing
+        lines = str(exc).strip().splitlines()
+        raise UserError(f"importing {module_name!r} for {kind} {spec!r} raised {type(exc).__name__}: "
+                        f"{lines[0][:200] if lines else ''}") from exc
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -213,12 +217,14 @@ def model_names() -> list[str]:
 def build_model(name: str, *, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
     """Build model ``name``: a built-in, a torchvision classifier or ``package.module:factory``."""
     if ":" in name:
-        model = call_with_accepted(
-            load_object(name, "model"),
-            num_classes=num_classes,
-            in_channels=in_channels,
-            input_size=input_size,
-        )
+        factory = load_object(name, "model")
+        try:
+            model = call_with_accepted(factory, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's factory: name it (--debug shows the traceback)
+            lines = str(exc).strip().splitlines()
+            raise UserError(f"model factory {name!r} raised {type(exc).__name__}: {lines[0][:200] if lines else ''}") from exc
         if not isinstance(model, nn.Module):
             raise UserError(f"model factory {name!r} returned {type(model).__name__}, not nn.Module")
         return model

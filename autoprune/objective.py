@@ -4,6 +4,7 @@ fine-tune briefly, score on search-val, and measure."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from optuna.trial import TrialState
 from torch import nn
 
 from autoprune.budget import Budget, fill_budget
+from autoprune.data import Split
+from autoprune.device import Runtime
 from autoprune.measure import count_flops, count_nonzeros, count_params
 from autoprune.policy import Policy
 from autoprune.prune import Pruner
@@ -22,6 +25,10 @@ from autoprune.space import Space
 from autoprune.train import evaluate, finetune, recalibrate_bn
 
 METRIC_NAMES = ("accuracy", "flops", "params")
+
+
+class TrialFailed(RuntimeError):
+    """A trial that could not be completed; its reason is stored with the trial."""
 #: A policy whose predicted FLOPs exceed the budget by more than this fraction is rejected
 #: without pruning (the predictor errs high, by under 0.1% on the models tested).
 PREDICTION_MARGIN = 0.01
@@ -52,23 +59,38 @@ class Objective:
         pruner: Pruner,
         space: Space,
         budget: Budget,
-        train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor],
+        train: Split,
+        val: Split,
         settings: TrialSettings,
         params_objective: bool = False,
         reconstruct_x: torch.Tensor | None = None,
+        runtime: Runtime | None = None,
+        bn_data: Split | None = None,
     ) -> None:
         self.pruner = pruner
         self.space = space
         self.budget = budget
         self.train = train
         self.val = val
+        #: BatchNorm recalibration images: the train split without augmentation, if it has any
+        self.bn_data = bn_data if bn_data is not None else train
         self.settings = settings
         self.params_objective = params_objective
         #: with images: each pruned model is first refit to the dense outputs on them (reconstruct.py)
         self.reconstruct_x = reconstruct_x
+        #: trials prune on the CPU (where the dense model stays), then train and score here
+        self.runtime = runtime if runtime is not None else Runtime()
         self._targets: DenseTargets | None = None
+        self._teacher: nn.Module | None = None
         self._flops: dict[tuple[int, ...], int] = {}
+        self._val_head = {n: val.head(n) for n in {settings.before_images, settings.early_stop_images}}
+
+    def teacher(self) -> nn.Module:
+        """The dense model on the runtime's device (a copy there, made once, unless that is the CPU)."""
+        if self._teacher is None:
+            dense = self.pruner.dense
+            self._teacher = dense if self.runtime.device.type == "cpu" else copy.deepcopy(dense).to(self.runtime.device)
+        return self._teacher
 
     def fit(self, widths: dict[str, float], methods: str | dict[str, str]) -> Policy:
         """The ``fill`` space's solver: relative widths -> the policy that spends the budget."""
@@ -94,10 +116,10 @@ class Objective:
         if s.early_stop <= 0 or s.finetune_steps < 2:
             return None
         step = max(1, int(s.finetune_steps * s.early_stop))
-        x, y = self.val[0][: s.early_stop_images], self.val[1][: s.early_stop_images]
+        head = self._val_head[s.early_stop_images]
 
         def keep_going() -> bool:
-            acc = evaluate(model, x, y)
+            acc = evaluate(model, head, amp=self.runtime.amp, workers=self.runtime.workers)
             state["accuracy"] = acc
             checked = [
                 t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -123,7 +145,22 @@ class Objective:
         return step, keep_going
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        """One trial. A failure of the pruned network (or of anything else in the trial) is
+        stored as the trial's ``reason`` and raised as :class:`TrialFailed`, which the
+        optimisation loop records as a failed trial and goes on."""
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, KeyboardInterrupt, TrialFailed):
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded with the trial; three in a row end the search
+            lines = str(exc).strip().splitlines()
+            reason = f"failed: {type(exc).__name__}: {lines[0][:300] if lines else ''}"
+            trial.set_user_attr("reason", reason)
+            raise TrialFailed(reason) from exc
+
+    def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
         s = self.settings
+        rt = self.runtime
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         policy = self.space.suggest(trial, self.pruner.groups, self.fit)
@@ -171,23 +208,25 @@ class Objective:
             reconstruct(model, self._targets, self.pruner.kept_outputs(resolved))
             seconds["reconstruct"] = time.perf_counter() - t
         t = time.perf_counter()
-        recalibrate_bn(model, self.train[0], num_batches=s.bn_batches, batch_size=s.batch_size, seed=s.seed + trial.number)
+        model.to(rt.device)
+        recalibrate_bn(model, self.bn_data, num_batches=s.bn_batches, batch_size=s.batch_size, seed=s.seed + trial.number,
+                       workers=rt.workers)
         seconds["calibrate"] = time.perf_counter() - t
         seconds["evaluate"] = 0.0
         acc_before = None
         if s.finetune_steps > 0:
             t = time.perf_counter()
             # a diagnostic nothing selects on: the first images of search-val are enough for it
-            acc_before = evaluate(model, self.val[0][: s.before_images], self.val[1][: s.before_images])
+            acc_before = evaluate(model, self._val_head[s.before_images], amp=rt.amp, workers=rt.workers)
             seconds["evaluate"] = time.perf_counter() - t
 
         t = time.perf_counter()
         check_state: dict[str, object] = {}
         if s.finetune_steps > 0:
             finetune(
-                model, *self.train, steps=s.finetune_steps, batch_size=s.batch_size, lr=s.finetune_lr,
-                seed=s.seed + trial.number, teacher=self.pruner.dense if resolved.distill else None,
-                check=self._check(trial, model, flops, check_state),
+                model, self.train, steps=s.finetune_steps, batch_size=s.batch_size, lr=s.finetune_lr,
+                seed=s.seed + trial.number, teacher=self.teacher() if resolved.distill else None,
+                check=self._check(trial, model, flops, check_state), amp=rt.amp, workers=rt.workers,
             )
         seconds["finetune"] = time.perf_counter() - t if s.finetune_steps > 0 else 0.0
         if "accuracy" in check_state:
@@ -201,7 +240,7 @@ class Objective:
             trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
             raise optuna.TrialPruned(str(check_state["reason"]))
         t = time.perf_counter()
-        acc = evaluate(model, *self.val)
+        acc = evaluate(model, self.val, amp=rt.amp, workers=rt.workers)
         seconds["evaluate"] += time.perf_counter() - t
         if acc_before is None:  # no fine-tune: the score is the accuracy before it
             acc_before = acc

@@ -3,6 +3,7 @@ config -> task -> budget check -> dense baseline -> study -> trials -> front."""
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from autoprune import sensitivity
 from autoprune import study as studies
 from autoprune.baseline import get_dense, skeleton
 from autoprune.config import SearchConfig, human, resolve_budget
-from autoprune.device import torch_threads
+from autoprune.data import Split
+from autoprune.device import Runtime, torch_threads
 from autoprune.errors import UserError
 from autoprune.measure import FLOP_CONVENTION, count_flops, count_params
 from autoprune.budget import Budget
@@ -32,7 +34,7 @@ from autoprune.space import (
     blend_order,
     widths_of,
 )
-from autoprune.task import calibration_of, load_config_task, pruner_of, reconstruction_images
+from autoprune.task import calibration_of, load_config_task, pruner_of, reconstruction_images, runtime_of
 from autoprune.train import evaluate
 
 
@@ -44,11 +46,37 @@ class Plan:
     min_flops: int
     ignored: list[str]
     groups: int
+    excluded: dict[str, str]  # groups kept whole because pruning them breaks the network
+
+
+def check_forward(model: nn.Module, example_input: torch.Tensor, name: str) -> None:
+    """One forward pass on the task's input shape; a model that rejects it is a UserError."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(example_input)
+    except Exception as exc:  # noqa: BLE001 - the user's model
+        lines = str(exc).strip().splitlines()
+        if "size is too small" in str(exc) or "Kernel size can't be greater" in str(exc):
+            raise UserError(
+                f"the input {tuple(example_input.shape[1:])} is too small for {type(model).__name__} ({name}): its "
+                f"forward pass fails ({lines[0][:160]}); use larger images (--image-size) or a model for small inputs"
+            ) from exc
+        raise UserError(
+            f"model {name!r} fails on the task's input of shape {tuple(example_input.shape[1:])}: "
+            f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+        ) from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise UserError(f"model {name!r} must return logits of shape (batch, classes); it returned "
+                        f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
 
 
 def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) -> Plan:
     """Dense FLOPs, the absolute budget, and the smallest FLOPs the space can reach. Depends
     on the architecture only, so it runs on an untrained model, before any training."""
+    check_forward(model, example_input, config.model)
     dense_flops = count_flops(model, example_input)
     dense_params = count_params(model)
     budget = Budget(
@@ -77,7 +105,7 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) ->
             f"budget_params {config.budget_params} = {human(budget.params)} parameters is below the smallest "
             f"this search space reaches: {human(min_params)} ({min_params / dense_params:.3f} of dense)"
         )
-    return Plan(dense_flops, dense_params, budget, min_flops, ignored, len(pruner.groups))
+    return Plan(dense_flops, dense_params, budget, min_flops, ignored, len(pruner.groups), dict(pruner.excluded))
 
 
 def space_of(config: SearchConfig, anchor: dict[str, float] | None = None) -> Space:
@@ -96,17 +124,18 @@ def sensitivity_policy(
     pruner: Pruner,
     budget: Budget,
     config: SearchConfig,
-    train_x: torch.Tensor,
-    val: tuple[torch.Tensor, torch.Tensor],
+    train: Split,
+    val: Split,
     *,
     progress: bool = False,
+    runtime: Runtime | None = None,
 ) -> tuple[dict[str, Any], Policy | None]:
     """The per-group sensitivity analysis (read from the cache when the same one ran before)
     and the policy derived from it that meets the budget (None if it cannot)."""
     levels = list(config.keep_levels)
-    result = sensitivity.analyse(pruner, train_x, val, levels, method=importance_for_analysis(config),
+    result = sensitivity.analyse(pruner, train, val, levels, method=importance_for_analysis(config),
                                  batch_size=config.batch_size, seed=config.seed, progress=progress,
-                                 cache_dir=Path(config.cache_dir))
+                                 cache_dir=Path(config.cache_dir), runtime=runtime)
     return result, sensitivity.derived_policy(result, pruner, levels, budget.flops)
 
 
@@ -144,10 +173,11 @@ def warm_start(
     space: Space,
     budget: Budget,
     config: SearchConfig,
-    train_x: torch.Tensor,
-    val: tuple[torch.Tensor, torch.Tensor],
+    train: Split,
+    val: Split,
     *,
     progress: bool = False,
+    runtime: Runtime | None = None,
 ) -> None:
     """Enqueue the first trials of a new study: ``uniform`` = uniform pruning at the largest
     keep level that meets the budget (what an engineer would try by hand); ``sensitivity`` =
@@ -190,7 +220,7 @@ def warm_start(
                 study.enqueue_trial(space.params_for(policy), user_attrs={"warm_start": f"uniform {method} keep {keep}"})
                 break
     if "sensitivity" in config.warm_start:
-        result, policy = sensitivity_policy(pruner, budget, config, train_x, val, progress=progress)
+        result, policy = sensitivity_policy(pruner, budget, config, train, val, progress=progress, runtime=runtime)
         study.set_user_attr("sensitivity", result)
         if policy is not None and fits(policy):
             policy = Policy(policy.groups, distill=space.distill == "on")
@@ -201,75 +231,65 @@ def warm_start(
 def search_model(
     *,
     dense: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
+    train: Split,
+    val: Split,
     example_input: torch.Tensor,
     config: SearchConfig,
     the_plan: Plan,
     dense_info: dict[str, Any],
     progress: bool = True,
-) -> tuple[optuna.Study, dict[str, int]]:
-    """Create or resume the study and run the trials. ``dense`` is trained already. Runs on
+    runtime: Runtime | None = None,
+    bn_data: Split | None = None,
+) -> tuple[optuna.Study, dict[str, Any]]:
+    """Create or resume the study and run the trials. ``dense`` is trained already and lives
+    on the CPU (trials prune there, then train and score on ``runtime.device``). Runs on
     ``config.threads`` CPU threads, if set; the caller's setting is restored afterwards."""
-    with torch_threads(config.threads) as threads:
-        return _search_model(dense=dense, train=train, val=val, example_input=example_input, config=config,
-                             the_plan=the_plan, dense_info=dense_info, threads=threads, progress=progress)
-
-
-def _search_model(
-    *,
-    dense: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-    example_input: torch.Tensor,
-    config: SearchConfig,
-    the_plan: Plan,
-    dense_info: dict[str, Any],
-    threads: int,
-    progress: bool,
-) -> tuple[optuna.Study, dict[str, int]]:
-    storage = studies.open_storage(config.storage_url)
-    dense_info = dict(dense_info)
-    dense_info.update(
-        flops=the_plan.dense_flops, params=the_plan.dense_params,
-        val_accuracy=evaluate(dense, *val),
-    )
-    attrs = {
-        "config": config.to_dict(),
-        "dense": dense_info,
-        "budget": {"flops": the_plan.budget.flops, "params": the_plan.budget.params, "min_flops": the_plan.min_flops},
-        "ignored": the_plan.ignored,
-        "input_shape": list(example_input.shape[1:]),
-        "units": {"flops": FLOP_CONVENTION, "accuracy": "top-1 on the search-val split, in [0, 1]",
-                  "seconds": f"wall clock, {threads} CPU thread(s)"},
-    }
-    pruner = pruner_of(dense, example_input, config, calibration=calibration_of(config, *train))
-    stored = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == config.study_name), None)
-    anchor, analysis = local_anchor(stored, config, lambda: sensitivity_policy(
-        pruner, the_plan.budget, config, train[0], val, progress=progress))
-    study, resumed = studies.create_or_resume(
-        storage, config.study_name, attrs=attrs, sampler=config.sampler, seed=config.seed,
-        params_objective=config.params_objective,
-    )
-    if analysis is not None:
-        study.set_user_attr("sensitivity", analysis)
-    if anchor is not None and ANCHOR_ATTR not in study.user_attrs:
-        study.set_user_attr(ANCHOR_ATTR, anchor)
-    space = space_of(config, anchor)
-    if not resumed:
-        warm_start(study, pruner, space, the_plan.budget, config, train[0], val, progress=progress)
-    objective = Objective(
-        pruner=pruner, space=space, budget=the_plan.budget, train=train, val=val,
-        settings=TrialSettings(
-            finetune_steps=config.finetune_steps, finetune_lr=config.finetune_lr, batch_size=config.batch_size,
-            bn_batches=config.bn_batches, seed=config.seed, early_stop=config.early_stop,
-            early_stop_margin=config.early_stop_margin,
-        ),
-        params_objective=config.params_objective,
-        reconstruct_x=reconstruction_images(config, train[0]) if config.reconstruct else None,
-    )
-    counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress)
-    return study, counts
+    rt = runtime if runtime is not None else Runtime()
+    with torch_threads(config.threads):
+        storage = studies.open_storage(config.storage_url)
+        bn = bn_data if bn_data is not None else train
+        with torch.no_grad():
+            scored = dense if rt.device.type == "cpu" else copy.deepcopy(dense).to(rt.device)
+            dense_info = {**dense_info, "flops": the_plan.dense_flops, "params": the_plan.dense_params,
+                          "val_accuracy": evaluate(scored, val, amp=rt.amp, workers=rt.workers)}
+            del scored
+        attrs = {
+            "config": config.to_dict(),
+            "dense": dense_info,
+            "budget": {"flops": the_plan.budget.flops, "params": the_plan.budget.params, "min_flops": the_plan.min_flops},
+            "ignored": the_plan.ignored,
+            "excluded": the_plan.excluded,
+            "input_shape": list(example_input.shape[1:]),
+            "units": {"flops": FLOP_CONVENTION, "accuracy": "top-1 on the search-val split, in [0, 1]",
+                      "seconds": f"wall clock on {rt.describe()}"},
+        }
+        pruner = pruner_of(dense, example_input, config, calibration=calibration_of(config, bn))
+        stored = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == config.study_name), None)
+        anchor, analysis = local_anchor(stored, config, lambda: sensitivity_policy(
+            pruner, the_plan.budget, config, bn, val, progress=progress, runtime=rt))
+        study, resumed = studies.create_or_resume(
+            storage, config.study_name, attrs=attrs, sampler=config.sampler, seed=config.seed,
+            params_objective=config.params_objective,
+        )
+        if analysis is not None:
+            study.set_user_attr("sensitivity", analysis)
+        if anchor is not None and ANCHOR_ATTR not in study.user_attrs:
+            study.set_user_attr(ANCHOR_ATTR, anchor)
+        space = space_of(config, anchor)
+        if not resumed:
+            warm_start(study, pruner, space, the_plan.budget, config, bn, val, progress=progress, runtime=rt)
+        objective = Objective(
+            pruner=pruner, space=space, budget=the_plan.budget, train=train, val=val, bn_data=bn, runtime=rt,
+            settings=TrialSettings(
+                finetune_steps=config.finetune_steps, finetune_lr=config.finetune_lr, batch_size=config.batch_size,
+                bn_batches=config.bn_batches, seed=config.seed, early_stop=config.early_stop,
+                early_stop_margin=config.early_stop_margin,
+            ),
+            params_objective=config.params_objective,
+            reconstruct_x=reconstruction_images(config, bn) if config.reconstruct else None,
+        )
+        counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress)
+        return study, counts
 
 
 def check_resumable(config: SearchConfig) -> None:
@@ -294,18 +314,21 @@ def run_search(config: SearchConfig, *, progress: bool = True) -> tuple[optuna.S
 
 def _run_search(config: SearchConfig, *, progress: bool) -> tuple[optuna.Study, dict[str, Any]]:
     task = load_config_task(config)
+    runtime = runtime_of(config, task)
     example = task.example_input()
     the_plan = plan(skeleton(config, task), example, config)
     check_resumable(config)
-    dense = get_dense(config, task, progress=progress)
+    dense = get_dense(config, task, progress=progress, runtime=runtime)
     if progress:
         print(f"dense {config.model}: {human(the_plan.dense_flops)} FLOPs, {human(the_plan.dense_params)} params; "
-              f"budget {human(the_plan.budget.flops)} FLOPs; {the_plan.groups} prunable groups",
+              f"budget {human(the_plan.budget.flops)} FLOPs; {the_plan.groups} prunable groups; on {runtime.describe()}",
               file=sys.stderr)
+        for gid, why in the_plan.excluded.items():
+            print(f"kept whole: {gid} ({why})", file=sys.stderr)
     study, counts = search_model(
-        dense=dense.model, train=(task.train_x, task.train_y), val=(task.val_x, task.val_y),
+        dense=dense.model, train=task.train, val=task.val, bn_data=task.plain_train,
         example_input=example, config=config, the_plan=the_plan,
         dense_info={"checkpoint": str(Path(dense.checkpoint).resolve()), "sha256": dense.sha256},
-        progress=progress,
+        progress=progress, runtime=runtime,
     )
     return study, counts

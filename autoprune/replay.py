@@ -6,6 +6,7 @@ Takes the study's ``autoprune`` attribute (a dict), not the study: nothing here 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch import nn
 from autoprune.baseline import skeleton
 from autoprune.config import SearchConfig
 from autoprune.data import Task
+from autoprune.device import Runtime
 from autoprune.errors import UserError
 from autoprune.policy import Policy
 from autoprune.prune import Pruner
@@ -33,10 +35,11 @@ def load_dense(info: dict[str, Any], config: SearchConfig, task: Task) -> nn.Mod
     return model.eval()
 
 
-def prepare(info: dict[str, Any], *, study_name: str, data_root: str | None = None
+def prepare(info: dict[str, Any], *, study_name: str, data_root: str | None = None, device: str | None = None
             ) -> tuple[SearchConfig, Task, nn.Module, Pruner]:
     """The stored config, the task, the verified dense model and a pruner for them, with the
-    search's calibration images (so taylor / activation rank channels as they did)."""
+    search's calibration images (so taylor / activation rank channels as they did). ``device``
+    overrides the stored one: a study searched on a GPU is applied on a CPU, and the reverse."""
     if info["dense"].get("checkpoint") is None:
         raise UserError(
             f"study {study_name!r} was searched on an in-memory model through the Python API; apply its "
@@ -45,11 +48,13 @@ def prepare(info: dict[str, Any], *, study_name: str, data_root: str | None = No
     config = SearchConfig.from_dict(info["config"], source="stored study config")
     if data_root:
         config.data_root = data_root
+    if device:
+        config.device = device
     task = load_config_task(config)
     dense = load_dense(info, config, task)
     pruner = Pruner(
         dense, task.example_input(), ignored=info["ignored"],
-        calibration=calibration_of(config, task.train_x, task.train_y),
+        calibration=calibration_of(config, task.plain_train),
         seed=config.seed, round_to=config.round_to, min_channels=config.min_channels,
     )
     return config, task, dense, pruner
@@ -57,12 +62,18 @@ def prepare(info: dict[str, Any], *, study_name: str, data_root: str | None = No
 
 def recover(
     pruner: Pruner, policy: Policy, task: Task, config: SearchConfig, *, steps: int, progress: bool = False,
-    desc: str = "fine-tune",
+    desc: str = "fine-tune", runtime: Runtime | None = None,
 ) -> tuple[nn.Module, Policy]:
     """Prune the dense model with ``policy``, recalibrate BatchNorm and fine-tune ``steps``
-    mini-batches (distilled from the dense model if the policy says so); eval mode."""
+    mini-batches (distilled from the dense model if the policy says so), on the runtime's
+    device, where the model is returned, in eval mode."""
+    rt = runtime if runtime is not None else Runtime()
     model, resolved = pruner.apply(policy)
-    recover_model(model, task.train_x, task.train_y, steps=steps, seed=config.seed, bn_batches=config.bn_batches,
-                  batch_size=config.batch_size, lr=config.finetune_lr,
-                  teacher=pruner.dense if resolved.distill else None, progress=progress, desc=desc)
+    model.to(rt.device)
+    teacher = None
+    if resolved.distill:
+        teacher = pruner.dense if rt.device.type == "cpu" else copy.deepcopy(pruner.dense).to(rt.device)
+    recover_model(model, task.train, steps=steps, seed=config.seed, bn_batches=config.bn_batches,
+                  batch_size=config.batch_size, lr=config.finetune_lr, teacher=teacher, progress=progress,
+                  desc=desc, bn_data=task.plain_train, amp=rt.amp, workers=rt.workers)
     return model.eval(), resolved

@@ -4,6 +4,7 @@ FLOPs budget by pruning the least sensitive groups first."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -11,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from autoprune.data import Split
+from autoprune.device import Runtime
 from autoprune.measure import count_flops
 from autoprune.policy import GroupChoice, Policy
 from autoprune.prune import Pruner
@@ -21,8 +22,8 @@ from autoprune.train import evaluate, recalibrate_bn
 
 def analyse(
     pruner: Pruner,
-    train_x: torch.Tensor,
-    val: tuple[torch.Tensor, torch.Tensor],
+    train: Split,
+    val: Split,
     levels: list[float],
     *,
     method: str = "l1",
@@ -32,6 +33,7 @@ def analyse(
     seed: int = 0,
     progress: bool = False,
     cache_dir: Path | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """{"dense_accuracy", "method", "levels", "seconds", "groups": {gid: [{"keep", "accuracy", "flops"}]}}.
 
@@ -43,19 +45,22 @@ def analyse(
     if cache_dir is not None:
         settings = {"method": method, "images": images, "bn_batches": bn_batches, "batch_size": batch_size,
                     "seed": seed}
-        path = Path(cache_dir) / f"sensitivity-{analysis_key(pruner, train_x, val, levels, **settings)[:16]}.json"
+        path = Path(cache_dir) / f"sensitivity-{analysis_key(pruner, train, val, levels, **settings)[:16]}.json"
         if path.is_file():
             try:
                 return json.loads(path.read_text())
             except (OSError, ValueError):
                 pass  # unreadable: run it again and overwrite
     t0 = time.perf_counter()
-    x, y = val[0][:images], val[1][:images]
+    rt = runtime if runtime is not None else Runtime()
+    scored = val.head(images)
     dense_flops = count_flops(pruner.dense, pruner.example_input)
+    dense = pruner.dense if rt.device.type == "cpu" else copy.deepcopy(pruner.dense).to(rt.device)
     result: dict[str, Any] = {
-        "method": method, "levels": levels, "images": len(y), "dense_flops": dense_flops,
-        "dense_accuracy": evaluate(pruner.dense, x, y), "groups": {},
+        "method": method, "levels": levels, "images": len(scored), "dense_flops": dense_flops,
+        "dense_accuracy": evaluate(dense, scored, amp=rt.amp, workers=rt.workers), "groups": {},
     }
+    del dense
     todo = [(g, k) for g in pruner.groups for k in levels if k < 1]
     bar = None
     if progress:
@@ -64,9 +69,11 @@ def analyse(
         bar = tqdm(total=len(todo), desc="sensitivity", unit="prune", leave=False)
     for group, keep in todo:
         model, _ = pruner.apply(Policy({group.id: GroupChoice(method, keep)}))
-        recalibrate_bn(model, train_x, num_batches=bn_batches, batch_size=batch_size, seed=seed)
+        flops = count_flops(model, pruner.example_input)
+        model.to(rt.device)
+        recalibrate_bn(model, train, num_batches=bn_batches, batch_size=batch_size, seed=seed, workers=rt.workers)
         result["groups"].setdefault(group.id, []).append(
-            {"keep": keep, "accuracy": evaluate(model, x, y), "flops": count_flops(model, pruner.example_input)}
+            {"keep": keep, "accuracy": evaluate(model, scored, amp=rt.amp, workers=rt.workers), "flops": flops}
         )
         if bar is not None:
             bar.update()
@@ -81,22 +88,17 @@ def analyse(
     return result
 
 
-def _digest(h: Any, t: torch.Tensor) -> None:
-    h.update(str((tuple(t.shape), str(t.dtype))).encode())
-    h.update(t.detach().cpu().contiguous().numpy().tobytes())
-
-
-def analysis_key(pruner: Pruner, train_x: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor], levels: list[float],
-                 **settings: Any) -> str:
+def analysis_key(pruner: Pruner, train: Split, val: Split, levels: list[float], **settings: Any) -> str:
     """What an analysis depends on, hashed: the dense weights, the groups and their rounding,
     the images (BN recalibration and scoring), the levels and the settings."""
     h = hashlib.sha256()
     for name, value in pruner.dense.state_dict().items():
         h.update(name.encode())
-        _digest(h, value)
-    for t in (train_x, *val):
-        _digest(h, t)
-    h.update(json.dumps({"groups": [(g.id, g.channels, g.channel_groups) for g in pruner.groups],
+        h.update(str((tuple(value.shape), str(value.dtype))).encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    h.update(train.digest().encode())
+    h.update(val.digest().encode())
+    h.update(json.dumps({"groups": [(g.id, g.channels, g.channel_groups, g.segment_sizes()) for g in pruner.groups],
                          "round_to": pruner.round_to, "min_channels": pruner.min_channels,
                          "levels": [float(k) for k in levels], **settings}, sort_keys=True).encode())
     return h.hexdigest()

@@ -14,16 +14,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import UserError, unknown_choice
-from autoprune.objective import METRIC_NAMES
+from autoprune.objective import METRIC_NAMES, TrialFailed
 
 ATTR = "autoprune"
 #: Config fields that define what a study compares; resuming with other values is refused.
 IDENTITY = ("model", "dataset", "checkpoint", "val_size", "split_seed", "budget_flops", "budget_params",
             "params_objective", "space", "methods", "keep_min", "keep_max", "keep_step", "round_to",
-            "min_channels", "ignore", "distill", "finetune_steps", "seed", "image_size", "reconstruct",
-            "prune_stem")
+            "min_channels", "ignore", "distill", "finetune_steps", "seed", "reconstruct", "prune_stem", "augment")
 #: what a study stored before a key existed means (so that older studies still resume)
-IDENTITY_DEFAULTS: dict[str, Any] = {"reconstruct": False, "prune_stem": False}
+IDENTITY_DEFAULTS: dict[str, Any] = {"reconstruct": False, "prune_stem": False, "augment": True}
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -77,6 +76,11 @@ def create_or_resume(
     if name in existing:
         old = existing[name].user_attrs.get(ATTR)
         check_identity(name, old, attrs["config"])
+        if old.get("input_shape") not in (None, attrs.get("input_shape")):
+            raise UserError(
+                f"study {name!r} was searched on inputs of shape {tuple(old['input_shape'])}, now "
+                f"{tuple(attrs['input_shape'])} (--image-size?); resume it with the same, or use --study NEW_NAME"
+            )
         if old.get("dense", {}).get("sha256") not in (None, attrs.get("dense", {}).get("sha256")):
             raise UserError(
                 f"study {name!r} was searched on another dense checkpoint (sha256 "
@@ -182,11 +186,13 @@ def optimize(
     trials: int,
     timeout: float | None,
     progress: bool = True,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Run until ``trials`` trials have been fine-tuned, fully or until stopped early
     (over-budget policies are rejected before any training and do not count), or
     ``timeout`` seconds. Returns counts."""
-    counts = {"complete": 0, "early_stopped": 0, "infeasible": 0, "failed": 0}
+    counts: dict[str, Any] = {"complete": 0, "early_stopped": 0, "infeasible": 0, "failed": 0}
+    reasons: dict[str, list[int]] = {}  # why trials failed -> their numbers
+    counts["failures"] = reasons
     max_infeasible = 50 * trials + 200  # a budget the space can hardly reach: stop sampling at some point
     best = [max((t.values[0] for t in completed(study) if is_feasible(t)), default=-math.inf)]
     streak = [0]  # consecutive failed trials
@@ -211,9 +217,13 @@ def optimize(
             counts["infeasible"] += 1
         else:
             counts["failed"] += 1
+            reason = trial.user_attrs.get("reason", "failed (no reason stored)")
+            reasons.setdefault(reason, []).append(trial.number)
+            if progress:
+                print(f"\ntrial {trial.number} {reason}", file=sys.stderr)
             streak[0] += 1
             if streak[0] >= 3:
-                print(f"\nstopping: {streak[0]} trials in a row failed; the last error is in the log above",
+                print(f"\nstopping: {streak[0]} trials in a row failed (the reasons are stored with the trials)",
                       file=sys.stderr)
                 study.stop()
             return
@@ -229,10 +239,10 @@ def optimize(
             study.stop()
 
     try:
-        # A policy that breaks a model at run time fails its trial (recorded, with the error
-        # logged by Optuna) instead of ending the search; three failures in a row end it.
+        # A trial that fails (the objective stores why) is recorded as failed instead of ending
+        # the search; three failures in a row end it.
         study.optimize(objective, n_trials=None, timeout=timeout, callbacks=[callback], gc_after_trial=False,
-                       catch=(RuntimeError,))
+                       catch=(TrialFailed,))
     finally:
         if bar is not None:
             bar.close()

@@ -9,30 +9,43 @@ import torch
 from torch import nn
 
 from autoprune.config import SearchConfig, data_root_path
-from autoprune.data import Task, load_task
+from autoprune.data import Split, Task, load_task
+from autoprune.device import Runtime, resolve_device
 from autoprune.groups import resolve_ignore
 from autoprune.importance import Calibration
 from autoprune.prune import Pruner
 
 
 def load_config_task(config: SearchConfig) -> Task:
-    """The dataset ``config`` names, split into train / search-val / test."""
-    return load_task(
+    """The dataset ``config`` names, split into train / search-val / test. A ``val_size`` left
+    to its default is resolved here and written into ``config`` (the study stores the number)."""
+    task = load_task(
         config.dataset, root=data_root_path(config), val_size=config.val_size,
         split_seed=config.split_seed, download=config.download, image_size=config.image_size,
+        augment=config.augment,
     )
+    if config.val_size is None:
+        config.val_size = task.val_size
+    return task
 
 
-def calibration_of(config: SearchConfig, x: torch.Tensor, y: torch.Tensor) -> Calibration:
-    """A seeded subset of training images for Taylor / activation importance."""
-    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed))[: config.calib_images]
-    return Calibration(x[idx], y[idx], batch_size=config.batch_size)
+def runtime_of(config: SearchConfig, task: Task | None = None) -> Runtime:
+    """The device (``--device``, resolved on this machine), autocast and loader workers."""
+    return Runtime(device=resolve_device(config.device), amp=config.amp,
+                   workers=config.loader_workers if task is not None and task.lazy else 0)
 
 
-def reconstruction_images(config: SearchConfig, x: torch.Tensor) -> torch.Tensor:
+def calibration_of(config: SearchConfig, train: Split) -> Calibration:
+    """A seeded subset of training images (without augmentation) for Taylor / activation importance."""
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))[: config.calib_images]
+    x, y = train.take(idx)
+    return Calibration(x, y, batch_size=config.batch_size)
+
+
+def reconstruction_images(config: SearchConfig, train: Split) -> torch.Tensor:
     """A seeded subset of training images the trials' layer refits are solved on."""
     gen = torch.Generator().manual_seed(config.seed + 1)
-    return x[torch.randperm(len(x), generator=gen)[: config.reconstruct_images]]
+    return train.take(torch.randperm(len(train), generator=gen)[: config.reconstruct_images])[0]
 
 
 def pruner_of(model: nn.Module, example_input: torch.Tensor, config: SearchConfig, *,

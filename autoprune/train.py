@@ -6,57 +6,53 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.device import seeded
+from autoprune.data import Batch, Split, endless_batches
+from autoprune.device import autocast, grad_scaler, seeded
 from autoprune.errors import UserError
 
 
-def batches(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    *,
-    generator: torch.Generator | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches of in-memory tensors; shuffled when a generator is given."""
-    n = len(y)
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        yield x[idx], y[idx]
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` lives (its first parameter or buffer; the CPU for an empty model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
-def endless_batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled mini-batches forever, dropping the ragged last batch of each pass."""
-    while True:
-        for xb, yb in batches(x, y, batch_size, generator=generator):
-            if len(yb) == batch_size or len(y) < batch_size:
-                yield xb, yb
+def _on(batch: Batch, device: torch.device) -> Batch:
+    x, y = batch
+    if x.device == device:
+        return x, y
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1000) -> float:
-    """Top-1 accuracy in [0, 1], in eval mode."""
+def evaluate(model: nn.Module, data: Split, *, batch_size: int = 1000, amp: str = "off", workers: int = 0) -> float:
+    """Top-1 accuracy in [0, 1] on ``data``, in eval mode, on the model's device."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     correct = 0
-    for xb, yb in batches(x, y, batch_size):
-        correct += int((model(xb).argmax(dim=1) == yb).sum())
+    with autocast(device, amp):
+        for batch in data.batches(batch_size, workers=workers, pin_memory=device.type == "cuda"):
+            xb, yb = _on(batch, device)
+            correct += int((model(xb).argmax(dim=1) == yb).sum())
     model.train(was_training)
-    return correct / max(1, len(y))
+    return correct / max(1, len(data))
 
 
 @torch.no_grad()
 def recalibrate_bn(
-    model: nn.Module, x: torch.Tensor, *, num_batches: int = 20, batch_size: int = 128, seed: int = 0
+    model: nn.Module, data: Split, *, num_batches: int = 20, batch_size: int = 128, seed: int = 0,
+    workers: int = 0,
 ) -> None:
     """Re-estimate BatchNorm running statistics of a pruned network on training images.
 
@@ -73,10 +69,11 @@ def recalibrate_bn(
     model.eval()  # dropout stays off (no noise in the statistics, no draw on the global RNG) ...
     for m in bns:
         m.train()  # ... and only BatchNorm layers update their running statistics
+    device = model_device(model)
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(x), generator=gen)[: num_batches * batch_size]
-    for start in range(0, len(idx), batch_size):
-        model(x[idx[start : start + batch_size]])
+    idx = torch.randperm(len(data), generator=gen)[: num_batches * batch_size]
+    for batch in data.subset(idx).batches(batch_size, workers=workers, pin_memory=device.type == "cuda"):
+        model(_on(batch, device)[0])
     for m, momentum in saved:
         m.momentum = momentum
     for m, training in modes.items():
@@ -104,8 +101,7 @@ def distillation_loss(
 
 def finetune(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: Split,
     *,
     steps: int,
     batch_size: int = 128,
@@ -116,23 +112,27 @@ def finetune(
     progress: bool = False,
     desc: str = "fine-tune",
     check: tuple[int, Callable[[], bool]] | None = None,
+    amp: str = "off",
+    workers: int = 0,
 ) -> float:
-    """SGD (momentum 0.9, nesterov) with cosine decay over ``steps`` mini-batches; with a
-    ``teacher``, the loss is distilled from its logits. Returns the mean loss of the last 10%.
+    """SGD (momentum 0.9, nesterov) with cosine decay over ``steps`` mini-batches of ``data``,
+    on the model's device (the teacher must live there too); with a ``teacher``, the loss is
+    distilled from its logits; ``amp`` autocasts on CUDA (bf16, or fp16 with loss scaling).
+    Returns the mean loss of the last 10%.
 
     ``check=(k, fn)`` calls ``fn()`` after step ``k``; if it returns False, training stops
     there (early stopping of a hopeless trial) and NaN is returned."""
     if steps <= 0:
         return float("nan")
     with seeded(seed):  # dropout masks; the caller's global random state is restored afterwards
-        return _finetune(model, x, y, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         seed=seed, teacher=teacher, progress=progress, desc=desc, check=check)
+        return _finetune(model, data, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         seed=seed, teacher=teacher, progress=progress, desc=desc, check=check, amp=amp,
+                         workers=workers)
 
 
 def _finetune(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: Split,
     *,
     steps: int,
     batch_size: int,
@@ -143,53 +143,63 @@ def _finetune(
     progress: bool,
     desc: str,
     check: tuple[int, Callable[[], bool]] | None,
+    amp: str,
+    workers: int,
 ) -> float:
+    device = model_device(model)
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    scaler = grad_scaler(device, amp)
     if teacher is not None:
         teacher.eval()
     model.train()
-    stream = endless_batches(x, y, batch_size, gen)
+    stream = endless_batches(data, batch_size, gen, workers=workers, pin_memory=device.type == "cuda")
     tail: list[float] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-    for step in range(steps):
-        xb, yb = next(stream)
-        logits = model(xb)
-        if teacher is not None:
-            with torch.no_grad():
-                t_logits = teacher(xb)
-            loss = distillation_loss(logits, t_logits, yb)
-        else:
-            loss = F.cross_entropy(logits, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step >= steps - max(1, steps // 10):
-            tail.append(loss.item())
-        if bar is not None:
-            bar.update()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        if check is not None and step + 1 == check[0] and not check[1]():  # evaluate() restores train mode
+    try:
+        for step in range(steps):
+            xb, yb = _on(next(stream), device)
+            with autocast(device, amp):
+                logits = model(xb)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(xb)
+                    loss = distillation_loss(logits.float(), t_logits.float(), yb)
+                else:
+                    loss = F.cross_entropy(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            sched.step()
+            if step >= steps - max(1, steps // 10):
+                tail.append(loss.item())
             if bar is not None:
-                bar.close()
-            return float("nan")
-    if bar is not None:
-        bar.close()
+                bar.update()
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            if check is not None and step + 1 == check[0] and not check[1]():  # evaluate() restores train mode
+                return float("nan")
+    finally:
+        if bar is not None:
+            bar.close()
+        stream.close()  # stops DataLoader workers
     return sum(tail) / len(tail)
 
 
 def recover_model(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: Split,
     *,
     steps: int,
     seed: int = 0,
@@ -199,33 +209,39 @@ def recover_model(
     teacher: nn.Module | None = None,
     progress: bool = False,
     desc: str = "fine-tune",
+    bn_data: Split | None = None,
+    amp: str = "off",
+    workers: int = 0,
 ) -> nn.Module:
     """The recovery of a freshly pruned model, in place: BatchNorm statistics re-estimated on
-    ``bn_batches`` training batches, then ``steps`` fine-tune mini-batches (distilled from
-    ``teacher`` if given). ``apply``, ``confirm`` and the benchmarks all recover this way."""
-    recalibrate_bn(model, x, num_batches=bn_batches, batch_size=batch_size, seed=seed)
-    finetune(model, x, y, steps=steps, batch_size=batch_size, lr=lr, seed=seed, teacher=teacher,
-             progress=progress, desc=desc)
+    ``bn_batches`` training batches (of ``bn_data``, the train split without augmentation, if
+    given), then ``steps`` fine-tune mini-batches (distilled from ``teacher`` if given).
+    ``apply``, ``confirm`` and the benchmarks all recover this way."""
+    recalibrate_bn(model, bn_data if bn_data is not None else data, num_batches=bn_batches, batch_size=batch_size,
+                   seed=seed, workers=workers)
+    finetune(model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, teacher=teacher,
+             progress=progress, desc=desc, amp=amp, workers=workers)
     return model
 
 
 # --------------------------------------------------------------------------- dense baseline
 def train_dense(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: Split,
     *,
     epochs: int,
     batch_size: int = 128,
     lr: float = 0.05,
     seed: int = 0,
     progress: bool = True,
+    amp: str = "off",
+    workers: int = 0,
 ) -> None:
     """Train from scratch: ``epochs`` passes, SGD with cosine decay (same loop as fine-tune)."""
-    steps = epochs * max(1, len(y) // batch_size)
+    steps = epochs * max(1, len(data) // batch_size)
     finetune(
-        model, x, y, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-        progress=progress, desc=f"dense baseline ({epochs} epochs)",
+        model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+        progress=progress, desc=f"dense baseline ({epochs} epochs)", amp=amp, workers=workers,
     )
 
 

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = None
     if refit_steps:
         gen = torch.Generator().manual_seed(1)
-        targets = dense_targets(dense, task.train_x[torch.randperm(len(task.train_x), generator=gen)[:1024]])
+        targets = dense_targets(dense, task.train.x[torch.randperm(len(task.train), generator=gen)[:1024]])
     rows = []
     todo = [("random", p, None) for p in policies] + known
     for i, (source, policy, stored) in enumerate(todo):
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             m = copy.deepcopy(base)
             if refit:
                 reconstruct(m, targets, pruner.kept_outputs(resolved))
-            recalibrate_bn(m, task.train_x, num_batches=20, seed=0)
-            finetune(m, task.train_x, task.train_y, steps=s, seed=0)
-            row[name] = evaluate(m, task.val_x, task.val_y)
+            recalibrate_bn(m, task.train, num_batches=20, seed=0)
+            finetune(m, task.train, steps=s, seed=0)
+            row[name] = evaluate(m, task.val)
             cost[name] += time.perf_counter() - t
         accs = list(stored[: args.seeds]) if stored else []
         for seed in range(len(accs), args.seeds):

@@ -93,7 +93,7 @@ def load_bench_task(task_name: str, keep_min: float, space: str = "fill", thread
     example = task.example_input()
     dense = get_dense(config, task).model
     # the same calibration images as the search, for taylor / activation policies
-    pruner = pruner_of(dense, example, config, calibration=calibration_of(config, task.train_x, task.train_y))
+    pruner = pruner_of(dense, example, config, calibration=calibration_of(config, task.train))
     return base, config, task, dense, pruner.ignored, pruner
 
 
@@ -105,8 +105,8 @@ def recover(model, task, seed: int, steps: int) -> float:
 
     from autoprune.train import evaluate, recover_model
 
-    m = recover_model(copy.deepcopy(model), task.train_x, task.train_y, steps=steps, seed=seed)
-    return evaluate(m, task.test_x, task.test_y)
+    m = recover_model(copy.deepcopy(model), task.train, steps=steps, seed=seed)
+    return evaluate(m, task.test)
 
 
 def search_best(config, sampler: str, trials: int, steps: int, budget: str, study: str, storage: str,
@@ -344,7 +344,7 @@ def sensitivity_policy(pruner, task, config, target: int, keep_min: float):
     from autoprune.pipeline import sensitivity_policy as derive
 
     result, derived = derive(pruner, Budget(flops=target), dataclasses.replace(config, keep_min=keep_min),
-                             task.train_x, (task.val_x, task.val_y))
+                             task.train, task.val)
     if derived is None:
         raise SystemExit(f"no sensitivity-derived policy meets {target} FLOPs")
     keeps = {gid: c.keep for gid, c in derived.groups.items()}

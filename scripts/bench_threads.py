@@ -46,8 +46,8 @@ def one_trial(task, pruner, target: int, steps: int) -> float:
     t = time.perf_counter()
     policy = uniform_at_budget(pruner, target, keep_min=0.125, exact=False)
     model, _ = pruner.apply(policy)
-    recover_model(model, task.train_x, task.train_y, steps=steps, seed=0)
-    evaluate(model, task.val_x, task.val_y)
+    recover_model(model, task.train, steps=steps, seed=0)
+    evaluate(model, task.val)
     return time.perf_counter() - t
 
 

@@ -43,7 +43,7 @@ def digits_dense():
     task = load_task("digits", val_size=300)
     torch.manual_seed(0)
     model = build_model("smallcnn", num_classes=10, in_channels=1, input_size=8)
-    train_dense(model, task.train_x, task.train_y, epochs=2, batch_size=64, progress=False)
+    train_dense(model, task.train, epochs=2, batch_size=64, progress=False)
     return model.eval(), task
 
 

@@ -16,10 +16,10 @@ def test_search_and_apply_policy_in_process(tmp_path):
     task = load_task("digits", val_size=300)
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10, in_channels=1, input_size=8)
-    train_dense(model, task.train_x, task.train_y, epochs=2, batch_size=64, progress=False)
+    train_dense(model, task.train, epochs=2, batch_size=64, progress=False)
     storage = f"sqlite:///{tmp_path}/api.db"
     study = autoprune.search(
-        model, (task.train_x, task.train_y), list(zip(task.val_x, task.val_y)), task.example_input(),
+        model, (task.train.x, task.train.labels), list(zip(task.val.x, task.val.labels)), task.example_input(),
         budget_flops=0.6, storage=storage, study="api", trials=3, finetune_steps=5, methods=["l1", "taylor"],
         progress=False, batch_size=64, threads=1,
     )
@@ -30,7 +30,7 @@ def test_search_and_apply_policy_in_process(tmp_path):
     assert all(t.values[1] <= 0.6 * dense_flops for t in complete)
     # resumable: the same call adds trials to the same study
     again = autoprune.search(
-        model, (task.train_x, task.train_y), (task.val_x, task.val_y), task.example_input(),
+        model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
         budget_flops=0.6, storage=storage, study="api", trials=1, finetune_steps=5, methods=["l1", "taylor"],
         progress=False, batch_size=64, threads=1,
     )
@@ -38,11 +38,11 @@ def test_search_and_apply_policy_in_process(tmp_path):
 
     best = max(study.best_trials, key=lambda t: t.values[0])
     policy = autoprune.Policy.from_dict(best.user_attrs["policy"])
-    cal = Calibration(task.train_x[:64], task.train_y[:64])
+    cal = Calibration(task.train.x[:64], task.train.labels[:64])
     pruned, resolved = autoprune.apply_policy(model, policy, example_input=task.example_input(), calibration=cal)
     assert autoprune.count_flops(pruned, task.example_input()) == best.values[1]
     assert resolved.channels() == best.user_attrs["channels"]
-    assert pruned(task.val_x[:4]).shape == (4, 10)
+    assert pruned(task.val.x[:4]).shape == (4, 10)
 
     # the CLI cannot rebuild an in-memory model: it says so instead of failing obscurely
     from autoprune.cli import main
@@ -58,7 +58,7 @@ def test_a_stored_trial_replays_exactly_without_calibration_data(digits_dense, t
     would be the same, but the stored meta decides)."""
     model, task = digits_dense
     study = autoprune.search(
-        model, (task.train_x, task.train_y), (task.val_x, task.val_y), task.example_input(),
+        model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
         budget_flops=0.3, storage=f"sqlite:///{tmp_path}/r.db", study="replay", trials=4, finetune_steps=0,
         methods=["taylor", "activation"], progress=False, batch_size=64, threads=1, bn_batches=2,
         min_channels=6, keep_min=0.125,
@@ -95,7 +95,7 @@ def test_library_calls_leave_the_callers_process_settings_alone(digits_dense, tm
     backend = matplotlib.get_backend()
     try:
         study = autoprune.search(
-            model, (task.train_x, task.train_y), (task.val_x, task.val_y), task.example_input(),
+            model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
             budget_flops=0.5, storage=f"sqlite:///{tmp_path}/p.db", study="p", trials=2, finetune_steps=3,
             progress=False, batch_size=64, threads=1, bn_batches=2,
         )

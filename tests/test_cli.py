@@ -103,7 +103,7 @@ def test_apply_best_exports_a_rebuildable_model(searched, tmp_path):
     from autoprune.train import evaluate
 
     task = load_task("digits", val_size=300)
-    assert evaluate(model, task.test_x, task.test_y) == report["pruned"]["test_accuracy"]
+    assert evaluate(model, task.test) == report["pruned"]["test_accuracy"]
     assert count_flops(model, task.example_input()) == report["pruned"]["flops"]
 
 
@@ -351,7 +351,7 @@ def test_confirm_rescores_the_top_trials_as_apply_recovers_them(searched, tmp_pa
     load_weights(dense, next((searched / "studies" / "checkpoints").glob("*.pt")))
     model = load_pruned(dense, tmp_path / "x" / "policy.json", tmp_path / "x" / "model.pt")
     task = load_task("digits", val_size=300)
-    assert evaluate(model, task.val_x, task.val_y) == stored[f"confirm:{n}"][0]["accuracy"]
+    assert evaluate(model, task.val) == stored[f"confirm:{n}"][0]["accuracy"]
     # resumed: nothing is run again, nothing is lost
     assert main(args) == 0
     assert {k: v["runs"] for k, v in load(tmp_path).user_attrs.items() if k.startswith("confirm:")} == stored
@@ -475,3 +475,127 @@ def test_front_as_csv(searched, monkeypatch, capsys):
     for r, t in zip(rows, front):
         assert float(r["accuracy"]) == t.values[0] and int(r["flops"]) == t.values[1]
         assert int(r["params"]) == t.user_attrs["params"] and r["feasible"] == "True"
+
+
+# --------------------------------------------------------------------------- the user's own code and files
+def test_a_failed_trial_is_stored_with_its_reason_and_the_summary_matches_front(searched, monkeypatch, capsys):
+    from autoprune import objective
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    calls = []
+    real = objective.finetune
+
+    def breaks_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise IndexError("index 16 is out of bounds for dimension 0 with size 16")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "finetune", breaks_once)
+    assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "3", "--study", "fails"]) == 0
+    out = capsys.readouterr().out
+    assert "failed trial(s) 1: failed: IndexError: index 16 is out of bounds" in out
+    study = optuna.load_study(study_name="fails", storage=f"sqlite:///{searched}/studies/fails.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].user_attrs["reason"].startswith("failed: IndexError")
+    summary = [line.split()[0] for line in out.split("Pareto front")[1].splitlines()[3:] if line.strip()[:1].isdigit()]
+    assert main(["front", "--study", "fails"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[3:] if line.strip()[:1].isdigit()]
+    assert summary and summary == listed
+
+
+USER_ERRORS = [
+    (["--model", "user_models:raising_factory"], "model factory 'user_models:raising_factory' raised ValueError: my factory is broken"),
+    (["--model", "user_models:flat_mlp"], "model 'user_models:flat_mlp' fails on the task's input of shape (1, 8, 8): RuntimeError"),
+    (["--model", "densenet121"], "the input (1, 8, 8) is too small for DenseNet"),
+    (["--model", "shufflenet_v2_x0_5"], "Torch-Pruning 1.6 cannot trace ShuffleNetV2"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), USER_ERRORS, ids=[a[1] for a, _ in USER_ERRORS])
+def test_errors_from_the_users_code_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    from autoprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", *FAST, "--budget-flops", "0.5", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert main(["search", *FAST, "--budget-flops", "0.5", "--debug", *args]) == 2
+    assert "Traceback" in capsys.readouterr().err  # --debug shows where it came from
+
+
+def test_errors_from_the_users_files_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import gzip
+    import pickle
+
+    from PIL import Image
+
+    from autoprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOPRUNE_DATASET_DIRS", str(tmp_path / "none"))
+
+    def fails(*args: str) -> str:
+        assert main(["search", "--budget-flops", "0.5", "--quiet", "--threads", "1", "--dense-epochs", "1", *args]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        return err
+
+    fm = tmp_path / "fm"
+    fm.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (fm / f"{name}.gz").write_bytes(gzip.compress(b"\0\0\x08\x01" + (4).to_bytes(4, "big") + b"abcd")[:-6])
+    err = fails("--dataset", "fashion-mnist", "--data-root", str(fm), "--no-download")
+    assert "cannot read" in err and "a corrupt or truncated file?" in err
+
+    cifar = tmp_path / "cifar" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (cifar / name).write_bytes(pickle.dumps({b"data": [1, 2, 3], b"labels": [0]})[:-5])
+    assert "cannot read CIFAR-10 batch" in fails("--dataset", "cifar10", "--data-root", str(cifar.parent))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (cifar / name).write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    assert "refusing to load builtins.print" in fails("--dataset", "cifar10", "--data-root", str(cifar.parent))
+
+    images = tmp_path / "photos"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (images / split / cls).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(images / split / cls / f"{i}.png")
+    (images / "train" / "a" / "3.png").write_bytes(b"not an image")
+    err = fails("--dataset", "imagefolder", "--data-root", str(images), "--image-size", "16", "--val-size", "2",
+                "--workers", "0")
+    assert "cannot read" in err and "3.png" in err
+
+
+def test_search_and_apply_on_an_image_folder_read_per_batch(tmp_path, monkeypatch, capsys):
+    """ImageFolder photos at their own resolution, through DataLoader workers, end to end."""
+    from test_data import make_imagefolder
+
+    from autoprune.cli import main
+
+    make_imagefolder(tmp_path / "photos", 24, size=40)
+    monkeypatch.chdir(tmp_path)
+    common = ["--dataset", "imagefolder", "--data-root", str(tmp_path / "photos"), "--image-size", "32",
+              "--workers", "2", "--threads", "1", "--quiet", "--study", "photos"]
+    assert main(["search", *common, "--budget-flops", "0.5", "--trials", "2", "--dense-epochs", "1",
+                 "--finetune-steps", "3", "--batch-size", "8", "--bn-batches", "2"]) == 0
+    study = load_study_named(tmp_path, "photos")
+    info = study.user_attrs["autoprune"]
+    assert info["input_shape"] == [3, 32, 32] and info["config"]["val_size"] == 4  # 10% of 48 images
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert main(["apply", "--study", "photos", "--best", "--finetune-steps", "2", "--quiet",
+                 "--out", str(tmp_path / "x")]) == 0
+    report = json.loads((tmp_path / "x" / "report.json").read_text())
+    assert report["pruned"]["flops"] < report["dense"]["flops"] and 0 <= report["pruned"]["test_accuracy"] <= 1
+
+
+def load_study_named(work: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{work}/studies/{name}.db")

@@ -59,11 +59,11 @@ def test_truncated_idx_is_a_clear_error(tmp_path):
 @pytest.mark.skipif(not DEBIAN_FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_debian_fashion_mnist_is_the_real_thing():
     task = load_task("fashion-mnist", val_size=5000, download=False)
-    assert task.train_x.shape == (55000, 1, 28, 28)
-    assert task.val_x.shape == (5000, 1, 28, 28)
-    assert task.test_x.shape == (10000, 1, 28, 28)
+    assert task.train.x.shape == (55000, 1, 28, 28)
+    assert task.val.x.shape == (5000, 1, 28, 28)
+    assert task.test.x.shape == (10000, 1, 28, 28)
     assert task.num_classes == 10
-    assert abs(float(task.train_x.mean())) < 1e-3  # normalised with the train statistics
+    assert abs(float(task.train.x.mean())) < 1e-3  # normalised with the train statistics
 
 
 def test_cifar10_binary_and_python_versions(tmp_path):
@@ -95,7 +95,7 @@ def test_cifar10_refuses_a_pickle_with_code(tmp_path):
 
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (folder / name).write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
+    with pytest.raises(UserError, match="data_batch_1: refusing to load builtins.print from a dataset file"):
         load_raw("cifar10", root=tmp_path)
 
 
@@ -113,8 +113,12 @@ def test_imagefolder(tmp_path):
             for i in range(n):
                 Image.new("RGB", (20, 12), (i * 40, 100, 200 if cls == "dog" else 0)).save(tmp_path / split / cls / f"{i}.png")
     raw = load_raw("imagefolder", root=tmp_path, image_size=16)
-    assert raw.train_x.shape == (6, 3, 16, 16) and raw.test_x.shape == (4, 3, 16, 16)
-    assert raw.train_y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert raw.train_labels.tolist() == [0, 0, 0, 1, 1, 1] and raw.test_labels.tolist() == [0, 0, 1, 1]
+    task = load_task("imagefolder", root=tmp_path, image_size=16, val_size=2)
+    assert task.lazy and task.input_shape == (3, 16, 16) and task.num_classes == 2
+    assert (len(task.train), len(task.val), len(task.test)) == (4, 2, 4)
+    x, y = next(task.test.batches(4))
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and y.tolist() == [0, 0, 1, 1]
 
 
 def test_split_is_deterministic_disjoint_and_complete():
@@ -125,18 +129,18 @@ def test_split_is_deterministic_disjoint_and_complete():
     raw = RawData(x, torch.arange(100), x[:10], torch.arange(10))
     a = make_task(raw, dataset="ids", val_size=20)
     b = make_task(raw, dataset="ids", val_size=20)
-    assert torch.equal(a.val_y, b.val_y) and torch.equal(a.train_x, b.train_x)
-    train_ids, val_ids = set(a.train_y.tolist()), set(a.val_y.tolist())
+    assert torch.equal(a.val.labels, b.val.labels) and torch.equal(a.train.x, b.train.x)
+    train_ids, val_ids = set(a.train.labels.tolist()), set(a.val.labels.tolist())
     assert len(val_ids) == 20 and not train_ids & val_ids and train_ids | val_ids == set(range(100))
     # images still match their labels after the split and normalisation
-    assert torch.equal(a.val_x.flatten().argsort(), a.val_y.argsort())
+    assert torch.equal(a.val.x.flatten().argsort(), a.val.labels.argsort())
     c = make_task(raw, dataset="ids", val_size=20, split_seed=1)
-    assert set(c.val_y.tolist()) != val_ids
+    assert set(c.val.labels.tolist()) != val_ids
 
 
 def test_digits_task():
     a = load_task("digits", val_size=300)
-    assert a.train_x.shape == (1137, 1, 8, 8) and a.val_x.shape == (300, 1, 8, 8) and a.test_x.shape == (360, 1, 8, 8)
+    assert a.train.x.shape == (1137, 1, 8, 8) and a.val.x.shape == (300, 1, 8, 8) and a.test.x.shape == (360, 1, 8, 8)
     assert a.fingerprint() == load_task("digits", val_size=300).fingerprint() != load_task("digits", val_size=200).fingerprint()
 
 
@@ -161,6 +165,56 @@ def test_dataset_factory(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     task = load_task("mydata:make", val_size=10)
-    assert task.input_shape == (3, 6, 6) and task.num_classes == 3 and len(task.val_y) == 10
+    assert task.input_shape == (3, 6, 6) and task.num_classes == 3 and len(task.val) == 10
+    assert task.lazy and next(task.train.batches(4))[0].shape == (4, 3, 6, 6)
     with pytest.raises(UserError, match="cannot import module 'nosuch'"):
         load_task("nosuch:make")
+
+
+def make_imagefolder(root: Path, n: int, size: int = 24) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n), ("test", max(2, n // 4))):
+        for k, cls in enumerate(("cat", "dog")):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 80, (size, size, 3)) + (120 if k else 0)
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / cls / f"{i}.jpg")
+
+
+def test_imagefolder_is_read_per_batch_with_augmentation_and_workers(tmp_path):
+    make_imagefolder(tmp_path, 12)
+    task = load_task("imagefolder", root=tmp_path, image_size=16, val_size=4)
+    assert task.lazy and task.input_shape == (3, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    a = [x for x, _ in task.train.batches(4, generator=gen, workers=2)]
+    b = [x for x, _ in task.train.batches(4, generator=torch.Generator().manual_seed(0), workers=2)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))  # seeded augmentation: reproducible
+    plain = torch.cat([x for x, _ in task.plain_train.batches(20)])
+    augmented = torch.cat([x for x, _ in task.train.batches(20)])
+    assert plain.shape == augmented.shape == (20, 3, 16, 16) and not torch.equal(plain, augmented)
+    assert abs(float(plain.mean())) < 0.5  # normalised with statistics of a train sample
+    no_aug = load_task("imagefolder", root=tmp_path, image_size=16, val_size=4, augment=False)
+    assert torch.equal(torch.cat([x for x, _ in no_aug.train.batches(20)]), plain)
+    # the fingerprint follows the files: any edit changes it, and the dense baseline is not reused
+    before = task.fingerprint()
+    make_imagefolder(tmp_path / "other", 12)
+    (tmp_path / "train" / "cat" / "0.jpg").write_bytes((tmp_path / "other" / "train" / "dog" / "0.jpg").read_bytes())
+    assert load_task("imagefolder", root=tmp_path, image_size=16, val_size=4).fingerprint() != before
+
+
+def test_in_memory_fingerprint_sees_every_value():
+    from autoprune.data import RawData
+
+    x = torch.zeros(100, 1, 8, 8, dtype=torch.uint8)
+    raw = RawData(x, torch.arange(100) % 10, x[:10], torch.arange(10))
+    changed = x.clone()
+    changed[57, 0, 3, 5] = 1  # one pixel of one image
+    other = RawData(changed, torch.arange(100) % 10, x[:10], torch.arange(10))
+    assert make_task(raw, dataset="d", val_size=10).fingerprint() != make_task(other, dataset="d", val_size=10).fingerprint()
+
+
+def test_the_default_search_val_size_adapts_to_the_dataset():
+    assert load_task("digits").val_size == 143  # 10% of 1,437 training images
+    assert load_task("digits", val_size=300).val_size == 300

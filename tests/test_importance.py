@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from autoprune.data import TensorSplit
 from autoprune.importance import IMPORTANCES, Calibration
 from autoprune.measure import count_flops, count_nonzeros
 from autoprune.policy import GroupChoice, Policy
@@ -97,7 +98,7 @@ def test_unstructured_zeroes_the_smallest_weights_keeps_flops_and_stays_sparse()
     assert count_flops(pruned, torch.zeros(1, 2, 4, 4)) == count_flops(model, torch.zeros(1, 2, 4, 4))
     assert count_nonzeros(pruned) == count_nonzeros(model) - 4
     cal = positive_inputs()
-    finetune(pruned, cal.x, cal.y, steps=5, batch_size=16, lr=0.1)
+    finetune(pruned, TensorSplit(cal.x, cal.y), steps=5, batch_size=16, lr=0.1)
     assert torch.equal(pruned.conv1.weight.detach().view(4, 2) == 0, w == 0)
 
 

@@ -3,6 +3,7 @@ derived from it, warm starts."""
 
 import optuna
 import pytest
+import torch
 
 from autoprune.groups import resolve_ignore
 from autoprune.measure import count_flops
@@ -24,7 +25,7 @@ def objective(setup, **settings) -> Objective:
     task, _, pruner = setup
     return Objective(
         pruner=pruner, space=Space(levels=(0.5, 0.75, 1.0), methods=("l1",)), budget=Budget(flops=10**9),
-        train=(task.train_x, task.train_y), val=(task.val_x, task.val_y),
+        train=task.train, val=task.val,
         settings=TrialSettings(finetune_steps=9, batch_size=64, **settings),
     )
 
@@ -75,7 +76,7 @@ def test_early_stopped_trials_are_recorded_as_pruned_with_the_reason(setup):
 def test_sensitivity_and_derived_policy(setup):
     task, model, pruner = setup
     levels = [0.25, 0.5, 0.75, 1.0]
-    result = analyse(pruner, task.train_x, (task.val_x, task.val_y), levels, images=200, bn_batches=2, batch_size=64)
+    result = analyse(pruner, task.train, task.val, levels, images=200, bn_batches=2, batch_size=64)
     assert set(result["groups"]) == {g.id for g in pruner.groups}
     assert all([r["keep"] for r in rows] == [0.25, 0.5, 0.75] for rows in result["groups"].values())
     assert all(r["flops"] < result["dense_flops"] for rows in result["groups"].values() for r in rows)
@@ -91,7 +92,7 @@ def test_sensitivity_analysis_is_cached_per_dense_model_data_and_settings(setup,
     from autoprune import sensitivity
 
     task, model, pruner = setup
-    train, val = task.train_x, (task.val_x, task.val_y)
+    train, val = task.train, task.val
     kw = {"images": 100, "bn_batches": 1, "batch_size": 64, "cache_dir": tmp_path}
     first = sensitivity.analyse(pruner, train, val, [0.5, 1.0], **kw)
     assert len(list(tmp_path.glob("sensitivity-*.json"))) == 1
@@ -101,7 +102,7 @@ def test_sensitivity_analysis_is_cached_per_dense_model_data_and_settings(setup,
     monkeypatch.setattr(sensitivity, "evaluate", lambda *a, **k: scored.append(1) or real(*a, **k))
     assert sensitivity.analyse(pruner, train, val, [0.5, 1.0], **kw) == first and not scored
     sensitivity.analyse(pruner, train, val, [0.25, 1.0], **kw)  # other levels
-    sensitivity.analyse(pruner, train, (val[0][1:], val[1][1:]), [0.5, 1.0], **kw)  # other images
+    sensitivity.analyse(pruner, train, val.subset(torch.arange(1, len(val))), [0.5, 1.0], **kw)  # other images
     other = Pruner(model, task.example_input(), ignored=pruner.ignored, min_channels=3)  # other rounding
     sensitivity.analyse(other, train, val, [0.5, 1.0], **kw)
     assert len(scored) == 3 * (len(pruner.groups) + 1) and len(list(tmp_path.glob("sensitivity-*.json"))) == 4
@@ -134,7 +135,7 @@ def test_a_distilled_trial_learns_from_the_dense_model(setup):
     task, _, pruner = setup
     obj = Objective(
         pruner=pruner, space=Space(levels=(0.5, 0.75, 1.0), methods=("l1",), distill="search"), budget=Budget(flops=10**9),
-        train=(task.train_x, task.train_y), val=(task.val_x, task.val_y), settings=TrialSettings(finetune_steps=3, batch_size=64),
+        train=task.train, val=task.val, settings=TrialSettings(finetune_steps=3, batch_size=64),
     )
     teachers, losses = [], []
     real_finetune, real_loss = train.finetune, train.distillation_loss
@@ -168,7 +169,7 @@ def test_fill_space_spends_the_budget_wherever_the_widths_put_it(setup):
     budget = int(0.3 * dense_flops)
     obj = Objective(
         pruner=pruner, space=Space(levels=(0.125, 1.0), methods=("l1",), shape="fill"), budget=Budget(flops=budget),
-        train=(task.train_x, task.train_y), val=(task.val_x, task.val_y), settings=TrialSettings(finetune_steps=1),
+        train=task.train, val=task.val, settings=TrialSettings(finetune_steps=1),
     )
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(8):
@@ -195,7 +196,7 @@ def test_fill_space_warm_start_is_uniform_at_the_budget(setup):
     assert space.shape == "fill"
     study = optuna.create_study(directions=["maximize", "minimize"])
     budget = Budget(flops=int(0.3 * count_flops(model, pruner.example_input)))
-    warm_start(study, pruner, space, budget, config, task.train_x, (task.val_x, task.val_y))
+    warm_start(study, pruner, space, budget, config, task.train, task.val)
     (queued,) = study.get_trials(deepcopy=False)
     fixed = queued.system_attrs["fixed_params"]
     assert {k: v for k, v in fixed.items() if k.endswith(":width")} == {f"{g.id}:width": 0 for g in pruner.groups}

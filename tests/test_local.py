@@ -30,8 +30,8 @@ def test_local_space_refines_the_anchor_and_spends_the_budget(setup):
     anchor = {gid: 0.2 + 0.15 * i for i, gid in enumerate(ids)}
     budget = int(0.3 * count_flops(model, pruner.example_input))
     space = Space(levels=(0.125, 1.0), methods=("l1",), shape="local", anchor=anchor)
-    obj = Objective(pruner=pruner, space=space, budget=Budget(flops=budget), train=(task.train_x, task.train_y),
-                    val=(task.val_x, task.val_y), settings=TrialSettings(finetune_steps=1))
+    obj = Objective(pruner=pruner, space=space, budget=Budget(flops=budget), train=task.train,
+                    val=task.val, settings=TrialSettings(finetune_steps=1))
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.enqueue_trial(space.params_for(Policy({g: GroupChoice("l1", k) for g, k in anchor.items()})))

@@ -54,19 +54,19 @@ def test_refit_brings_the_pruned_network_back_towards_the_dense_one(digits_dense
     pruner = Pruner(model, task.example_input(), ignored=resolve_ignore(model, task.example_input()))
     pruned, resolved = pruner.apply(uniform(pruner, 0.3))
     refit = copy.deepcopy(pruned)
-    fits = reconstruct(refit, model, pruner.kept_outputs(resolved), task.train_x[:512])
+    fits = reconstruct(refit, model, pruner.kept_outputs(resolved), task.train.x[:512])
     assert {f.name for f in fits} >= set(pruner.kept_outputs(resolved)) - {"features.0"}
     assert all(f.error_after <= f.error_before for f in fits)
     assert max(f.error_before - f.error_after for f in fits) > 0.2
     # on images the fit never saw, the logits move towards the dense ones
-    x = task.val_x
+    x = task.val.x
     with torch.no_grad():
         target = model(x)
         err = [float((m.eval()(x) - target).pow(2).mean()) for m in (pruned, refit)]
     assert err[1] < 0.5 * err[0]
     # precomputed dense targets give exactly the same refit
     again = copy.deepcopy(pruned)
-    reconstruct(again, dense_targets(model, task.train_x[:512]), pruner.kept_outputs(resolved))
+    reconstruct(again, dense_targets(model, task.train.x[:512]), pruner.kept_outputs(resolved))
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), refit.state_dict().values()))
 
 
@@ -88,7 +88,7 @@ def test_refit_proxy_trials_skip_fine_tuning_and_score_the_refit_model(digits_de
               "storage": f"sqlite:///{tmp_path}/s.db"}
     runs = {}
     for refit in (False, True):
-        study = autoprune.search(model, (task.train_x, task.train_y), (task.val_x, task.val_y), task.example_input(),
+        study = autoprune.search(model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
                                  study=f"refit-{refit}", reconstruct=refit, reconstruct_images=512, **common)
         runs[refit] = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert [len(r) for r in runs.values()] == [3, 3]

@@ -62,7 +62,7 @@ def postgres():
 def small_search(dense, storage: str, *, sampler: str = "tpe", trials: int = 2, study: str = "s", **options):
     model, task = dense
     return autoprune.search(
-        model, (task.train_x, task.train_y), (task.val_x, task.val_y), task.example_input(),
+        model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
         budget_flops=0.6, storage=storage, study=study, trials=trials, finetune_steps=2, sampler=sampler,
         progress=False, batch_size=64, threads=1, methods=["l1", "fpgm"], **options,
     )
@@ -109,7 +109,7 @@ def test_every_sampler_runs_past_its_startup_and_respects_the_budget(sampler, de
     trials = STARTUP.get(sampler, 0) + 2
     model, task = dense
     study = autoprune.search(
-        model, (task.train_x, task.train_y), (task.val_x, task.val_y), task.example_input(),
+        model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
         budget_flops=0.6, storage=f"sqlite:///{tmp_path}/s.db", study="s", trials=trials, finetune_steps=0,
         sampler=sampler, progress=False, batch_size=64, threads=1, methods=["l1", "fpgm"], bn_batches=2,
     )

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from autoprune.data import TensorSplit
 from autoprune.errors import UserError
 from autoprune.groups import resolve_ignore
 from autoprune.models import build_model
@@ -22,7 +23,7 @@ def test_distillation_loss_formula():
 def test_bn_recalibration_matches_the_data_statistics():
     bn = torch.nn.BatchNorm2d(3)
     x = torch.randn(512, 3, 4, 4) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1) + 5
-    recalibrate_bn(torch.nn.Sequential(bn), x, num_batches=4, batch_size=128)
+    recalibrate_bn(torch.nn.Sequential(bn), TensorSplit(x, torch.zeros(len(x))), num_batches=4, batch_size=128)
     assert torch.allclose(bn.running_mean, x.mean(dim=(0, 2, 3)), atol=0.05)
     assert torch.allclose(bn.running_var.sqrt(), x.std(dim=(0, 2, 3)), rtol=0.05)
     assert bn.momentum == 0.1

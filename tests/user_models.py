@@ -75,8 +75,8 @@ class HeadFirst(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
         super().__init__()
         self.head = nn.Linear(32, num_classes)
-        self.body = nn.Conv2d(16, 32, 3, padding=1)
         self.stem = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.body = nn.Conv2d(16, 32, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.body(F.relu(self.stem(x))))
@@ -114,3 +114,12 @@ class GroupNormSE(nn.Module):
 
 USER_MODELS = {"concat_depthwise": ConcatDepthwise, "split_concat": SplitConcat, "head_first": HeadFirst,
                "groupnorm_se": GroupNormSE}
+
+
+def raising_factory(num_classes: int) -> nn.Module:
+    raise ValueError("my factory is broken")
+
+
+def flat_mlp(num_classes: int) -> nn.Module:
+    """Expects 3x32x32 inputs: fails on any other shape, as a user's model does."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.ReLU(), nn.Linear(16, num_classes))
