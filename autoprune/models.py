@@ -6,6 +6,7 @@ and returns a freshly initialised ``nn.Module`` (no weights are downloaded, ever
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
@@ -214,8 +215,34 @@ def model_names() -> list[str]:
     return MODELS.names() + torchvision_names()
 
 
+# --------------------------------------------------------------------------- timm (optional extra)
+TIMM_PREFIX = "timm:"
+
+
+def build_timm(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
+    """A timm model by name (``timm:resnet18``), random weights, ``num_classes`` outputs and
+    ``in_channels`` inputs. timm is an optional extra: ``pip install 'autoprune[timm]'``."""
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"model {TIMM_PREFIX}{name} needs timm: pip install 'autoprune[timm]'") from None
+    if not timm.is_model(name):
+        near = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
+        raise UserError(f"unknown timm model {name!r}; close names: {', '.join(near) or 'none'} "
+                        "(timm.list_models() lists all)")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    except Exception as exc:  # noqa: BLE001 - timm refuses these settings for this model
+        lines = str(exc).strip().splitlines()
+        raise UserError(f"timm cannot build {name!r} with {num_classes} classes and {in_channels} input channels: "
+                        f"{type(exc).__name__}: {lines[0][:200] if lines else ''}") from exc
+
+
 def build_model(name: str, *, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
-    """Build model ``name``: a built-in, a torchvision classifier or ``package.module:factory``."""
+    """Build model ``name``: a built-in, a torchvision classifier, ``timm:<name>`` or
+    ``package.module:factory``."""
+    if name.startswith(TIMM_PREFIX):
+        return build_timm(name[len(TIMM_PREFIX):], num_classes=num_classes, in_channels=in_channels)
     if ":" in name:
         factory = load_object(name, "model")
         try:

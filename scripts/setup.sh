@@ -11,4 +11,4 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
 fi
 
 PY=${PYTHON:-python3}
-"$PY" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,postgres]"
+"$PY" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,postgres,timm]"
