@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.data import Batch, Split, endless_batches
+from autoprune.data import Batch, Split, TensorSplit, endless_batches
 from autoprune.device import autocast, grad_scaler, seeded
 from autoprune.errors import UserError
 
@@ -35,8 +35,13 @@ def _on(batch: Batch, device: torch.device) -> Batch:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Split, *, batch_size: int = 1000, amp: str = "off", workers: int = 0) -> float:
-    """Top-1 accuracy in [0, 1] on ``data``, in eval mode, on the model's device."""
+def evaluate(model: nn.Module, data: Split, *, batch_size: int | None = None, amp: str = "off",
+             workers: int = 0) -> float:
+    """Top-1 accuracy in [0, 1] on ``data``, in eval mode, on the model's device. Batches of
+    1,000 for data in memory (small images), 64 for data read per batch (photos at full
+    resolution: a batch of 1,000 at 224 px holds gigabytes of activations)."""
+    if batch_size is None:
+        batch_size = 1000 if isinstance(data, TensorSplit) else 64
     was_training = model.training
     model.eval()
     device = model_device(model)
