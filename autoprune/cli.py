@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=1000, help="fine-tune mini-batches (default 1000)")
     p.add_argument("--data-root", help="dataset folder, if it moved since the search")
     _device_args(p)
+    p.add_argument("--no-onnx", dest="onnx", action="store_false", help="do not write model.onnx")
+    p.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx (onnxruntime static "
+                   "quantization, calibrated on training images) with its test accuracy and size")
     p.add_argument("--out", help="export folder (default studies/<study>/trial-<N>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("confirm", help="re-score the best trials after a longer fine-tune (apply --best then picks by it)",
@@ -276,7 +279,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("studies") / study.study_name / label
     report = apply_trial(study, trial_number=trial_number, policy_file=Path(args.policy) if args.policy else None,
                          out_dir=out, finetune_steps=args.finetune_steps, data_root=args.data_root,
-                         device=args.device, progress=not args.quiet)
+                         device=args.device, onnx=args.onnx, quantize=args.quantize, progress=not args.quiet)
     print_report(report, out)
     return 0
 

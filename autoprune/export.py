@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def apply_trial(
     finetune_steps: int,
     data_root: str | None = None,
     device: str | None = None,
+    onnx: bool = True,
+    quantize: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Re-apply a trial's policy (or the policy in ``policy_file``) to the study's dense
@@ -66,6 +69,8 @@ def apply_trial(
                       "latency_ms": f"median forward of batch 64 on {rt.describe()}"},
         }
         model.cpu()  # exported weights do not depend on the device
+        if onnx:
+            report["onnx"] = ship_onnx(model, dense, task, out_dir, quantize=quantize, config=config)
     resolved = Policy(groups=resolved.groups, distill=resolved.distill, meta={
         "model": config.model, "dataset": config.dataset, "input_shape": list(example.shape[1:]),
         "num_classes": task.num_classes, "dense_sha256": info["dense"]["sha256"], "ignored": info["ignored"],
@@ -94,6 +99,55 @@ def summary(model: nn.Module, task: Task, example: torch.Tensor, runtime: Runtim
     }
 
 
+def ship_onnx(model: nn.Module, dense: nn.Module, task: Task, out_dir: Path, *, quantize: str | None,
+              config: Any) -> dict[str, Any]:
+    """``model.onnx`` checked against PyTorch on 64 test images; latency of dense and pruned in
+    PyTorch and onnxruntime (CPU, batch 64 and batch 1), measured side by side in shuffled
+    rounds; with ``quantize="int8"``, ``model.int8.onnx`` with its test accuracy and size."""
+    import random
+    import tempfile
+
+    from autoprune import onnx_export as ox
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    example = task.example_input()
+    path = ox.export(model, example, out_dir / "model.onnx")
+    x_test, _ = next(task.test.batches(64))
+    result: dict[str, Any] = {"path": path.name, "opset": ox.OPSET, "bytes": path.stat().st_size,
+                              "check": ox.check(path, model, x_test)}
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        dense_path = ox.export(dense, example, Path(tmp) / "dense.onnx")
+        sessions = {"dense": ox.session(dense_path, threads=threads), "pruned": ox.session(path, threads=threads)}
+        models = {"dense": dense.cpu().eval(), "pruned": model.eval()}
+        samples: dict[tuple[str, str, int], list[float]] = {}
+        jobs = [(who, runtime, batch) for who in ("dense", "pruned") for runtime in ("pytorch", "onnxruntime")
+                for batch in (1, 64)]
+        rng = random.Random(0)
+        for round_ in range(6):  # round-robin in shuffled order: a slow spell hits every model alike
+            rng.shuffle(jobs)
+            for who, runtime, batch in jobs:
+                x = example.expand(batch, *example.shape[1:]).contiguous()
+                ms = (latency_ms(models[who], x, batch=batch, repeats=5, warmup=1) if runtime == "pytorch"
+                      else ox.latency_ms(sessions[who], x, repeats=5, warmup=1))
+                if round_:
+                    samples.setdefault((who, runtime, batch), []).append(ms)
+    result["latency_ms"] = {f"{runtime}, batch {batch}": {who: round(statistics.median(samples[(who, runtime, batch)]), 3)
+                                                         for who in ("dense", "pruned")}
+                            for runtime in ("pytorch", "onnxruntime") for batch in (1, 64)}
+    result["latency_note"] = f"CPU, {threads} thread(s), median of 5 runs x 5 shuffled rounds"
+    if quantize == "int8":
+        gen = torch.Generator().manual_seed(config.seed)
+        calib, _ = task.plain_train.take(torch.randperm(len(task.plain_train), generator=gen)[:256])
+        q = ox.quantize_int8(path, out_dir / "model.int8.onnx", calib)
+        sess = ox.session(q, threads=threads)
+        result["int8"] = {"path": q.name, "bytes": q.stat().st_size,
+                          "test_accuracy": ox.accuracy(sess, task.test.batches(256)),
+                          "latency_ms_batch_64": round(ox.latency_ms(sess, example.expand(64, *example.shape[1:]).contiguous()), 3),
+                          "calibration_images": len(calib)}
+    return result
+
+
 def format_report(report: dict[str, Any]) -> str:
     d, p = report["dense"], report["pruned"]
     rows = [
@@ -117,6 +171,21 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     lines += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows]
     lines += ["", f"FLOPs: {report['units']['flops']}. Latency: {report['units']['latency_ms']}.", ""]
+    onnx = report.get("onnx")
+    if onnx:
+        check = onnx["check"]
+        lines += [f"ONNX: `{onnx['path']}` (opset {onnx['opset']}, dynamic batch, {human(onnx['bytes'])}B); onnxruntime "
+                  f"agrees with PyTorch on {check['images']} test images (largest logit difference "
+                  f"{check['max_abs_logit_difference']:.1e}, same top-1).", "",
+                  f"| latency ({onnx['latency_note']}) | dense | pruned | speed-up |", "|---|---|---|---|"]
+        for key, v in onnx["latency_ms"].items():
+            lines.append(f"| {key} | {v['dense']:.2f} ms | {v['pruned']:.2f} ms | {v['dense'] / v['pruned']:.2f}x |")
+        if "int8" in onnx:
+            q = onnx["int8"]
+            lines += ["", f"int8 (onnxruntime static quantization, {q['calibration_images']} calibration images): "
+                      f"`{q['path']}`, {human(q['bytes'])}B, test accuracy {100 * q['test_accuracy']:.2f}%, "
+                      f"{q['latency_ms_batch_64']:.2f} ms at batch 64."]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -136,4 +205,6 @@ def load_pruned(dense: nn.Module, policy_path: Path, weights_path: Path) -> nn.M
 
 def print_report(report: dict[str, Any], out_dir: Path) -> None:
     print(format_report(report))
-    print(f"wrote {out_dir / 'model.pt'}, {out_dir / 'policy.json'}, {out_dir / 'report.md'}", file=sys.stderr)
+    written = ["model.pt", "policy.json", "report.md"] + (["model.onnx"] if "onnx" in report else []) + (
+        ["model.int8.onnx"] if "int8" in report.get("onnx", {}) else [])
+    print("wrote " + ", ".join(str(out_dir / w) for w in written), file=sys.stderr)

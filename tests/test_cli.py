@@ -105,6 +105,38 @@ def test_apply_best_exports_a_rebuildable_model(searched, tmp_path):
     task = load_task("digits", val_size=300)
     assert evaluate(model, task.test) == report["pruned"]["test_accuracy"]
     assert count_flops(model, task.example_input()) == report["pruned"]["flops"]
+    # model.onnx, dynamic batch: onnxruntime gives PyTorch's logits and top-1 on any batch size
+    import numpy as np
+    import onnx
+
+    from autoprune import onnx_export
+
+    onnx_file = tmp_path / "x" / "model.onnx"
+    assert report["onnx"]["check"]["max_abs_logit_difference"] < 1e-4 and report["onnx"]["check"]["same_top1"]
+    assert onnx.load(str(onnx_file)).opset_import[0].version >= 17
+    sess = onnx_export.session(onnx_file)
+    for n in (1, 7):
+        with torch.no_grad():
+            expected = model(task.test.x[:n]).numpy()
+        got = onnx_export.run(sess, task.test.x[:n])
+        assert got.shape == (n, 10) and np.abs(got - expected).max() < 1e-4
+    lat = report["onnx"]["latency_ms"]
+    assert set(lat) == {"pytorch, batch 1", "pytorch, batch 64", "onnxruntime, batch 1", "onnxruntime, batch 64"}
+    assert all(v["dense"] > 0 and v["pruned"] > 0 for v in lat.values())
+    assert "| onnxruntime, batch 64 |" in (tmp_path / "x" / "report.md").read_text()
+
+
+def test_apply_quantize_int8_writes_a_smaller_model_with_its_accuracy(searched, tmp_path, monkeypatch):
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    assert main(["apply", "--study", "digits-test", "--best", "--finetune-steps", "10", "--quantize", "int8",
+                 "--quiet", "--out", str(tmp_path / "q")]) == 0
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    q = report["onnx"]["int8"]
+    assert (tmp_path / "q" / "model.int8.onnx").stat().st_size == q["bytes"] < report["onnx"]["bytes"]
+    # int8 costs a little accuracy on this tiny task, never most of it
+    assert report["pruned"]["test_accuracy"] - 0.15 <= q["test_accuracy"] <= 1
 
 
 def test_apply_policy_file_and_script(searched, tmp_path):
