@@ -40,6 +40,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///studies/<study>.db)")
     p.add_argument("--study", help="study name (default <dataset>-<model>); an existing study is resumed")
+    p.add_argument("--artifact-dir", help="folder for trial artifacts, policy.json per trial (default next to a SQLite "
+                   "study: studies/<study>-artifacts/); give it to optuna-dashboard with --artifact-dir")
     p.add_argument("--sampler", help="tpe (default), nsga2, random, gp")
     p.add_argument("--space", help="fill (default): every trial spends the budget, the search picks where; "
                    "free: absolute keep levels, trials spread over FLOPs; local: like fill, around the policy the "
@@ -197,7 +199,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(report.format_table(rows, dense=info["dense"]))
         print(f"\nfront: {paths['csv']}, {paths['json']}\nplot:  {paths['png']}")
     best = studies.best_feasible(study)
-    print(f"dashboard: optuna-dashboard {config.storage_url}")
+    from autoprune.pipeline import artifact_dir
+
+    print(f"dashboard: optuna-dashboard {config.storage_url} --artifact-dir {artifact_dir(config)}")
     if best is not None:
         print(f"apply the best feasible policy (trial {best.number}): autoprune apply --storage {config.storage_url} "
               f"--study {study.study_name} --best")

@@ -48,6 +48,7 @@ class SearchConfig:
     timeout: float | None = None
     storage: str | None = None
     study: str | None = None
+    artifact_dir: str | None = None  # trial artifacts (policy.json); None: next to a SQLite study, else studies/artifacts
     sampler: str = "tpe"
     seed: int = 0
     threads: int | None = None  # torch CPU threads; None: torch's default (one per physical core)

@@ -8,6 +8,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 import torch
@@ -15,6 +16,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from autoprune.budget import Budget, fill_budget
+from autoprune.dashboard import mark_constraints, upload_policy
 from autoprune.data import Split
 from autoprune.device import Runtime
 from autoprune.measure import count_flops, count_nonzeros, count_params
@@ -66,6 +68,7 @@ class Objective:
         reconstruct_x: torch.Tensor | None = None,
         runtime: Runtime | None = None,
         bn_data: Split | None = None,
+        artifacts: Any | None = None,
     ) -> None:
         self.pruner = pruner
         self.space = space
@@ -80,6 +83,8 @@ class Objective:
         self.reconstruct_x = reconstruct_x
         #: trials prune on the CPU (where the dense model stays), then train and score here
         self.runtime = runtime if runtime is not None else Runtime()
+        #: an Optuna artifact store: each completed trial's policy.json goes there (see dashboard.py)
+        self.artifacts = artifacts
         self._targets: DenseTargets | None = None
         self._teacher: nn.Module | None = None
         self._flops: dict[tuple[int, ...], int] = {}
@@ -169,6 +174,7 @@ class Objective:
             # Clearly over budget: rejected from channel counts alone, nothing is pruned.
             reason = f"infeasible: predicted flops {predicted:,.0f} > budget {self.budget.flops:,}"
             trial.set_constraint("flops", predicted / self.budget.flops - 1)
+            mark_constraints(trial, {"flops": predicted / self.budget.flops - 1})
             trial.set_user_attr("flops_predicted", int(predicted))
             trial.set_user_attr("feasible", False)
             trial.set_user_attr("reason", reason)
@@ -191,6 +197,7 @@ class Objective:
         violations = self.budget.violations(flops, params)
         for name, value in violations.items():
             trial.set_constraint(name, value)
+        mark_constraints(trial, violations)  # what optuna-dashboard 0.21 reads
         over = {k: v for k, v in violations.items() if v > 0}
         if over:
             reason = "infeasible: " + ", ".join(
@@ -254,5 +261,7 @@ class Objective:
         trial.set_user_attr("accuracy_before_finetune", acc_before)
         trial.set_user_attr("accuracy", acc)
         trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
+        if self.artifacts is not None:
+            upload_policy(trial, record, self.artifacts)
         values = (acc, float(flops))
         return values + (float(params),) if self.params_objective else values

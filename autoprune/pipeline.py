@@ -15,7 +15,7 @@ import optuna
 import torch
 from torch import nn
 
-from autoprune import sensitivity
+from autoprune import dashboard, sensitivity
 from autoprune import study as studies
 from autoprune.baseline import get_dense, skeleton
 from autoprune.config import SearchConfig, human, resolve_budget
@@ -287,9 +287,20 @@ def search_model(
             ),
             params_objective=config.params_objective,
             reconstruct_x=reconstruction_images(config, bn) if config.reconstruct else None,
+            artifacts=dashboard.artifact_store(artifact_dir(config)),
         )
-        counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress)
+        dashboard.publish(study)
+        try:
+            counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress)
+        finally:
+            dashboard.publish(study)  # the note and charts follow the trials, also after Ctrl-C
         return study, counts
+
+
+def artifact_dir(config: SearchConfig) -> Path:
+    """Where trial artifacts (policy.json) go: ``artifact_dir``, or next to a SQLite study."""
+    return Path(config.artifact_dir) if config.artifact_dir else dashboard.default_artifact_dir(
+        config.storage_url, config.study_name)
 
 
 def check_resumable(config: SearchConfig) -> None:

@@ -127,7 +127,8 @@ def test_every_sampler_runs_past_its_startup_and_respects_the_budget(sampler, de
 def test_optuna_dashboard_serves_the_study(dense, tmp_path):
     small_search(dense, f"sqlite:///{tmp_path}/s.db", study="dash")
     port = free_port()
-    proc = subprocess.Popen(["optuna-dashboard", f"sqlite:///{tmp_path}/s.db", "--port", str(port), "--host", "127.0.0.1"],
+    proc = subprocess.Popen(["optuna-dashboard", f"sqlite:///{tmp_path}/s.db", "--port", str(port), "--host", "127.0.0.1",
+                             "--artifact-dir", str(tmp_path / "s-artifacts")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         data = None
@@ -145,6 +146,18 @@ def test_optuna_dashboard_serves_the_study(dense, tmp_path):
             detail = json.loads(r.read())
         assert detail["objective_names"] == ["accuracy", "flops"]
         assert any(t["state"] == "Complete" and any(a["key"] == "policy" for a in t["user_attrs"]) for t in detail["trials"])
+        # what autoprune adds for the dashboard: feasibility it can read, a note, two charts, policy.json artifacts
+        assert all(t["constraints"] and all(c <= 0 for c in t["constraints"]) for t in detail["trials"])
+        assert "**Budget**" in detail["note"]["body"] and "autoprune apply" in detail["note"]["body"]
+        titles = sorted(json.loads(g["graph_object"])["layout"]["title"]["text"] for g in detail["plotly_graph_objects"])
+        assert titles == ["dash: search-val accuracy against FLOPs", "kept channels per group, the 2 best feasible trials"]
+        for t in detail["trials"]:
+            (artifact,) = t["artifacts"]
+            assert artifact["filename"] == "policy.json"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/artifacts/{summary['study_id']}/{t['trial_id']}/"
+                                        f"{artifact['artifact_id']}", timeout=5) as r:
+                policy = json.loads(r.read())
+            assert policy["format"] == "autoprune.policy" and policy["meta"]["min_channels"] == 4
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -164,4 +177,22 @@ def test_free_space_samples_absolute_keep_levels(dense, tmp_path):
         keeps = [v for k, v in t.params.items() if k.endswith(":keep")]
         assert keeps and set(keeps) <= levels and not any(k.endswith(":width") for k in t.params)
         assert t.values[1] <= budget
+    for t in study.trials:  # the legacy list optuna-dashboard reads: feasible <= 0, over budget > 0
+        assert (max(t.system_attrs["constraints"]) <= 0) == (t.state.name == "COMPLETE")
     assert done[0].user_attrs["warm_start"].startswith("uniform l1 keep")
+
+
+@pytest.mark.slow
+def test_the_dashboard_renders_in_headless_chromium(dense, tmp_path):
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium is not installed")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dashboard_check", Path(__file__).resolve().parents[1] / "scripts" / "dashboard_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    small_search(dense, f"sqlite:///{tmp_path}/s.db", study="shown", trials=3)
+    found = check.check(f"sqlite:///{tmp_path}/s.db", str(tmp_path / "s-artifacts"), tmp_path / "shot.png")
+    assert found["rendered"] == {"charts": True, "note": True, "policy_artifacts": True}
+    assert found["trials_with_feasibility"] == found["trials"] == 3 == found["trials_with_policy_artifact"]
+    assert (tmp_path / "shot.png").stat().st_size > 20_000
