@@ -18,7 +18,8 @@ import pytest
 
 import autoprune
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+#: Debian's PostgreSQL server binaries (scripts/setup.sh installs the package), newest version first
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), Path("/usr/lib/postgresql/none"))
 
 
 def free_port() -> int:
