@@ -61,6 +61,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm-start", help="comma-separated first trials of a new study: uniform (default), sensitivity")
     p.add_argument("--params-objective", action="store_const", const=True, help="also minimise parameters (3rd objective)")
     p.add_argument("--finetune-steps", type=int, help="fine-tune mini-batches per trial")
+    p.add_argument("--prune-steps", type=int, help="reach each trial's policy in this many rounds of pruning and "
+                   "fine-tuning, re-ranking channels in between (default 1: at once)")
     p.add_argument("--batch-size", type=int, help="images per mini-batch (default 128)")
     p.add_argument("--bn-batches", type=int, help="mini-batches that re-estimate BatchNorm statistics after pruning (default 20)")
     p.add_argument("--early-stop", type=float, help="after this fraction of the fine-tune steps, stop a trial that an "
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=1000, help="fine-tune mini-batches (default 1000)")
     p.add_argument("--data-root", help="dataset folder, if it moved since the search")
     _device_args(p)
+    p.add_argument("--steps", "--prune-steps", dest="prune_steps", type=int, default=1,
+                   help="reach the policy in this many pruning steps with fine-tuning between them; the total "
+                        "fine-tune steps stay --finetune-steps (default 1: prune at once)")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="do not write model.onnx")
     p.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx (onnxruntime static "
                    "quantization, calibrated on training images) with its test accuracy and size")
@@ -273,6 +278,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     if args.finetune_steps < 0:
         raise UserError(f"--finetune-steps {args.finetune_steps} must be >= 0")
+    if args.prune_steps < 1:
+        raise UserError(f"--steps {args.prune_steps} must be at least 1")
     storage, name = _storage_and_study(args)
     study = studies.load(storage, name)
     if args.policy:
@@ -283,7 +290,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("studies") / study.study_name / label
     report = apply_trial(study, trial_number=trial_number, policy_file=Path(args.policy) if args.policy else None,
                          out_dir=out, finetune_steps=args.finetune_steps, data_root=args.data_root,
-                         device=args.device, onnx=args.onnx, quantize=args.quantize, progress=not args.quiet)
+                         device=args.device, onnx=args.onnx, quantize=args.quantize, prune_steps=args.prune_steps,
+                         progress=not args.quiet)
     print_report(report, out)
     return 0
 

@@ -79,6 +79,7 @@ class SearchConfig:
     reconstruct_images: int = 1024
     early_stop: float = 0.0  # fraction of fine-tune steps after which hopeless trials stop (0 = off)
     early_stop_margin: float = 0.02
+    prune_steps: int = 1  # > 1: each trial reaches its policy in this many rounds of pruning + fine-tuning
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -180,7 +181,7 @@ class SearchConfig:
             raise bad(f"keep levels need 0 < keep_min ({self.keep_min}) <= keep_max ({self.keep_max}) <= 1")
         if self.keep_step <= 0 or abs((self.keep_max - self.keep_min) / self.keep_step - round((self.keep_max - self.keep_min) / self.keep_step)) > 1e-6:
             raise bad(f"keep_step {self.keep_step} must be > 0 and divide keep_max - keep_min ({self.keep_max - self.keep_min:g})")
-        positive = ("trials", "val_size", "dense_epochs", "batch_size", "round_to", "min_channels", "calib_images", "image_size",
+        positive = ("trials", "prune_steps", "val_size", "dense_epochs", "batch_size", "round_to", "min_channels", "calib_images", "image_size",
                     "reconstruct_images")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:

@@ -39,6 +39,7 @@ def apply_trial(
     device: str | None = None,
     onnx: bool = True,
     quantize: str | None = None,
+    prune_steps: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Re-apply a trial's policy (or the policy in ``policy_file``) to the study's dense
@@ -56,12 +57,13 @@ def apply_trial(
     source = f"trial {trial.number}" if trial else str(policy_file)
     with torch_threads(config.threads):
         model, resolved = recover(pruner, policy, task, config, steps=finetune_steps, progress=progress,
-                                  desc=f"fine-tune {source}", runtime=rt)
+                                  desc=f"fine-tune {source}", runtime=rt, prune_steps=prune_steps)
         report = {
             "study": study.study_name,
             "trial": trial.number if trial else None,
             "policy_source": source,
             "finetune_steps": finetune_steps,
+            "prune_steps": prune_steps,
             "search_val_accuracy": trial.values[0] if trial else None,
             "dense": summary(copy.deepcopy(dense).to(rt.device), task, example, rt),
             "pruned": summary(model, task, example, rt),
@@ -162,7 +164,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"# {report['study']}, {report['policy_source']}: dense vs pruned",
         "",
-        f"Fine-tuned {report['finetune_steps']} steps after pruning."
+        f"Fine-tuned {report['finetune_steps']} steps after pruning"
+        + (f" (pruned in {report['prune_steps']} steps, fine-tuned between them)." if report.get("prune_steps", 1) > 1 else ".")
         + (f" Search-val accuracy during the search was {100 * report['search_val_accuracy']:.2f}%."
            if report["search_val_accuracy"] is not None else ""),
         "",

@@ -50,6 +50,7 @@ class TrialSettings:
     early_stop_images: int = 1000  # search-val images scored at the check
     early_stop_min_trials: int = 5  # checked trials needed before anything is stopped
     before_images: int = 1000  # search-val images for accuracy_before_finetune (BN recalibrated, no fine-tune)
+    prune_steps: int = 1  # > 1: reach the policy in this many rounds of pruning and fine-tuning
 
 
 class Objective:
@@ -89,6 +90,41 @@ class Objective:
         self._teacher: nn.Module | None = None
         self._flops: dict[tuple[int, ...], int] = {}
         self._val_head = {n: val.head(n) for n in {settings.before_images, settings.early_stop_images}}
+
+    def _progressive(self, trial: optuna.Trial, policy: Policy, flops: int, seconds: dict[str, float],
+                     t0: float) -> tuple[float, ...]:
+        """A trial that reaches its policy in ``prune_steps`` rounds of pruning and fine-tuning
+        (the same total steps; no early stop, no refit), re-ranking channels after each."""
+        from autoprune.replay import progressive
+
+        s, rt = self.settings, self.runtime
+        seed = s.seed + trial.number
+
+        def train(model: nn.Module, n: int, label: str) -> None:
+            recalibrate_bn(model, self.bn_data, num_batches=s.bn_batches, batch_size=s.batch_size, seed=seed,
+                           workers=rt.workers)
+            finetune(model, self.train, steps=n, batch_size=s.batch_size, lr=s.finetune_lr, seed=seed,
+                     teacher=self.teacher() if policy.distill else None, amp=rt.amp, workers=rt.workers)
+
+        t = time.perf_counter()
+        model, resolved = progressive(self.pruner, policy, s.prune_steps, s.finetune_steps, train, "trial", rt.device)
+        seconds["finetune"] = time.perf_counter() - t
+        record = resolved.to_dict()
+        record["meta"] = self.pruner.settings()
+        trial.set_user_attr("policy", record)
+        t = time.perf_counter()
+        acc = evaluate(model, self.val, amp=rt.amp, workers=rt.workers)
+        seconds["evaluate"] = time.perf_counter() - t
+        seconds["total"] = time.perf_counter() - t0
+        trial.set_user_attr("feasible", True)
+        trial.set_user_attr("nonzeros", count_nonzeros(model))
+        trial.set_user_attr("accuracy", acc)
+        trial.set_user_attr("prune_steps", s.prune_steps)
+        trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
+        if self.artifacts is not None:
+            upload_policy(trial, record, self.artifacts)
+        values = (acc, float(flops))
+        return values + (float(trial.user_attrs["params"]),) if self.params_objective else values
 
     def teacher(self) -> nn.Module:
         """The dense model on the runtime's device (a copy there, made once, unless that is the CPU)."""
@@ -208,6 +244,8 @@ class Objective:
             trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})
             raise optuna.TrialPruned(reason)
 
+        if s.prune_steps > 1 and s.finetune_steps > 0:
+            return self._progressive(trial, policy, flops, seconds, t0)
         if self.reconstruct_x is not None:
             t = time.perf_counter()
             if self._targets is None:  # the dense outputs are the same for every trial

@@ -283,7 +283,7 @@ def search_model(
             settings=TrialSettings(
                 finetune_steps=config.finetune_steps, finetune_lr=config.finetune_lr, batch_size=config.batch_size,
                 bn_batches=config.bn_batches, seed=config.seed, early_stop=config.early_stop,
-                early_stop_margin=config.early_stop_margin,
+                early_stop_margin=config.early_stop_margin, prune_steps=config.prune_steps,
             ),
             params_objective=config.params_objective,
             reconstruct_x=reconstruction_images(config, bn) if config.reconstruct else None,

@@ -60,6 +60,7 @@ class Pruner:
         seed: int = 0,
         round_to: int = 1,
         min_channels: int = 1,
+        check: bool = True,
     ) -> None:
         if round_to < 1 or min_channels < 1:
             raise UserError(f"round_to ({round_to}) and min_channels ({min_channels}) must be >= 1")
@@ -76,7 +77,8 @@ class Pruner:
         #: groups that prune without error but break the forward pass (e.g. a torch.split with
         #: fixed sizes downstream): kept whole, never sampled; {group id: why}
         self.excluded: dict[str, str] = {}
-        self.excluded = self._unprunable()
+        if check:  # (a pruner built on an already pruned model, whose groups were checked, skips it)
+            self.excluded = self._unprunable()
         self.groups = [g for g in self.groups if g.id not in self.excluded]
         if not self.groups:
             why = "; ".join(f"{k}: {v}" for k, v in self.excluded.items())

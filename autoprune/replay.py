@@ -62,18 +62,75 @@ def prepare(info: dict[str, Any], *, study_name: str, data_root: str | None = No
 
 def recover(
     pruner: Pruner, policy: Policy, task: Task, config: SearchConfig, *, steps: int, progress: bool = False,
-    desc: str = "fine-tune", runtime: Runtime | None = None,
+    desc: str = "fine-tune", runtime: Runtime | None = None, prune_steps: int = 1,
 ) -> tuple[nn.Module, Policy]:
     """Prune the dense model with ``policy``, recalibrate BatchNorm and fine-tune ``steps``
     mini-batches (distilled from the dense model if the policy says so), on the runtime's
-    device, where the model is returned, in eval mode."""
+    device, where the model is returned, in eval mode.
+
+    With ``prune_steps`` k > 1 the policy is reached progressively: k rounds of pruning part
+    of the way (per group, channel counts on the geometric path from dense to the policy's),
+    re-ranking channels on the model as fine-tuned so far, each followed by BN recalibration
+    and ``steps / k`` fine-tune steps (the same total). The returned policy holds the kept
+    indices of the dense model, so ``policy.json`` + the weights rebuild it as usual."""
     rt = runtime if runtime is not None else Runtime()
-    model, resolved = pruner.apply(policy)
-    model.to(rt.device)
     teacher = None
-    if resolved.distill:
+    if policy.distill:
         teacher = pruner.dense if rt.device.type == "cpu" else copy.deepcopy(pruner.dense).to(rt.device)
-    recover_model(model, task.train, steps=steps, seed=config.seed, bn_batches=config.bn_batches,
-                  batch_size=config.batch_size, lr=config.finetune_lr, teacher=teacher, progress=progress,
-                  desc=desc, bn_data=task.plain_train, amp=rt.amp, workers=rt.workers)
-    return model.eval(), resolved
+
+    def train(model: nn.Module, n: int, label: str) -> None:
+        recover_model(model, task.train, steps=n, seed=config.seed, bn_batches=config.bn_batches,
+                      batch_size=config.batch_size, lr=config.finetune_lr, teacher=teacher, progress=progress,
+                      desc=label, bn_data=task.plain_train, amp=rt.amp, workers=rt.workers)
+
+    if prune_steps <= 1:
+        model, resolved = pruner.apply(policy)
+        train(model.to(rt.device), steps, desc)
+        return model.eval(), resolved
+    return progressive(pruner, policy, prune_steps, steps, train, desc, rt.device)
+
+
+def progressive(pruner: Pruner, policy: Policy, k: int, steps: int, train: Any, desc: str,
+                device: Any) -> tuple[nn.Module, Policy]:
+    """``policy`` reached in ``k`` pruning rounds; ``train(model, n, label)`` recovers the model
+    (on ``device``) for ``n`` steps after each (the ``steps`` split evenly). Returns the model
+    and the policy with the dense model's kept indices."""
+    import dataclasses
+
+    from autoprune.policy import GroupChoice
+
+    target = pruner.resolve(policy, indices=False)
+    by_id = {g.id: g for g in pruner.groups}
+    goal = {gid: pruner.segment_counts(by_id[gid], c.keep) for gid, c in target.groups.items()
+            if c.method != "unstructured" and c.kept != c.channels}
+    absolute = {gid: list(range(by_id[gid].channels)) for gid in goal}  # dense indices each group still has
+    model = copy.deepcopy(pruner.dense).cpu()
+    done = 0
+    for i in range(1, k + 1):
+        step_pruner = Pruner(model.cpu().eval(), pruner.example_input, ignored=pruner.ignored,
+                             calibration=pruner.scores._calibration, seed=pruner.scores._seed, round_to=1,
+                             min_channels=1, check=False)
+        here = {g.id: g for g in step_pruner.groups}
+        choices = {}
+        for gid, final in goal.items():
+            group = here.get(gid)
+            if group is None:
+                continue
+            sizes = [len(s) for s in by_id[gid].segments] or [by_id[gid].channels]
+            counts = [f if i == k else max(f, round(n * (f / n) ** (i / k))) for n, f in zip(sizes, final, strict=True)]
+            if by_id[gid].channel_groups > 1 or len(group.segment_sizes()) != len(counts):
+                counts, group = [sum(counts)], dataclasses.replace(group, segments=())
+            idx = step_pruner.scores.keep_indices(group, policy.groups[gid].method, counts)
+            absolute[gid] = [absolute[gid][j] for j in idx]
+            choices[gid] = GroupChoice(policy.groups[gid].method, policy.groups[gid].keep, kept_indices=tuple(idx))
+        if i == k:  # unstructured sparsity, if any, on the final architecture
+            choices.update({gid: c for gid, c in policy.groups.items() if c.method == "unstructured" and gid in here})
+        model, _ = step_pruner.apply(Policy(choices, distill=policy.distill))
+        n = steps * i // k - done
+        done += n
+        train(model.to(device), n, f"{desc} (pruning step {i}/{k})")
+    resolved = {}
+    for gid, c in target.groups.items():
+        kept = absolute.get(gid, list(range(c.channels or 0)))
+        resolved[gid] = c if c.method == "unstructured" else GroupChoice(c.method, c.keep, c.channels, len(kept), tuple(kept))
+    return model.eval(), policy.with_groups(resolved)

@@ -20,9 +20,10 @@ ATTR = "autoprune"
 #: Config fields that define what a study compares; resuming with other values is refused.
 IDENTITY = ("model", "dataset", "checkpoint", "val_size", "split_seed", "budget_flops", "budget_params",
             "params_objective", "space", "methods", "keep_min", "keep_max", "keep_step", "round_to",
-            "min_channels", "ignore", "distill", "finetune_steps", "seed", "reconstruct", "prune_stem", "augment")
+            "min_channels", "ignore", "distill", "finetune_steps", "seed", "reconstruct", "prune_stem", "augment",
+            "prune_steps")
 #: what a study stored before a key existed means (so that older studies still resume)
-IDENTITY_DEFAULTS: dict[str, Any] = {"reconstruct": False, "prune_stem": False, "augment": True}
+IDENTITY_DEFAULTS: dict[str, Any] = {"reconstruct": False, "prune_stem": False, "augment": True, "prune_steps": 1}
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:

@@ -631,3 +631,45 @@ def test_search_and_apply_on_an_image_folder_read_per_batch(tmp_path, monkeypatc
 
 def load_study_named(work: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{work}/studies/{name}.db")
+
+
+def test_progressive_pruning_reaches_the_same_architecture_in_k_steps(searched, tmp_path, monkeypatch):
+    """apply --steps 3: three rounds of pruning, fine-tuning between them (the same total steps);
+    the network has the one-shot policy's channel counts and rebuilds from policy.json."""
+    from autoprune import train
+    from autoprune.cli import main
+    from autoprune.data import load_task
+    from autoprune.export import load_pruned
+    from autoprune.models import build_model
+    from autoprune.train import evaluate, load_weights
+
+    monkeypatch.chdir(searched)
+    steps = []
+    real = train.finetune
+    monkeypatch.setattr(train, "finetune", lambda *a, **k: steps.append(k["steps"]) or real(*a, **k))
+    for k, out in ((1, "one"), (3, "three")):
+        assert main(["apply", "--study", "digits-test", "--best", "--finetune-steps", "31", "--steps", str(k),
+                     "--no-onnx", "--quiet", "--out", str(tmp_path / out)]) == 0
+    assert steps == [31, 10, 10, 11]
+    one, three = (json.loads((tmp_path / o / "policy.json").read_text())["groups"] for o in ("one", "three"))
+    assert {g: c["kept"] for g, c in one.items()} == {g: c["kept"] for g, c in three.items()}
+    report = json.loads((tmp_path / "three" / "report.json").read_text())
+    assert report["prune_steps"] == 3 and report["pruned"]["flops"] == json.loads(
+        (tmp_path / "one" / "report.json").read_text())["pruned"]["flops"]
+    dense = build_model("smallcnn", num_classes=10, in_channels=1, input_size=8)
+    load_weights(dense, next((searched / "studies" / "checkpoints").glob("*.pt")))
+    model = load_pruned(dense, tmp_path / "three" / "policy.json", tmp_path / "three" / "model.pt")
+    assert evaluate(model, load_task("digits", val_size=300).test) == report["pruned"]["test_accuracy"]
+
+
+def test_a_search_can_prune_progressively(searched, monkeypatch):
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "2", "--prune-steps", "2",
+                 "--study", "progressive"]) == 0
+    study = load_study_named(searched, "progressive")
+    budget = study.user_attrs["autoprune"]["budget"]["flops"]
+    for t in study.trials:
+        assert t.state.name == "COMPLETE" and t.user_attrs["prune_steps"] == 2 and t.values[1] <= budget
+        assert all(len(g["kept_indices"]) == g["kept"] for g in t.user_attrs["policy"]["groups"].values())
