@@ -432,7 +432,7 @@ def test_params_objective_and_params_budget(searched, monkeypatch):
     assert len(complete) == 3
     for t in complete:
         assert t.values[2] == t.user_attrs["params"] <= limit
-        assert set(t.constraints) == {"flops", "params"} and all(v <= 0 for v in t.constraints.values())
+        assert {"flops", "params"} <= set(t.constraints) and all(v <= 0 for v in t.constraints.values())
     for t in (t for t in study.trials if t.state.name == "PRUNED"):
         assert t.user_attrs["feasible"] is False and "params" in t.user_attrs["reason"]
         assert t.constraints["params"] > 0 and t.values is None
