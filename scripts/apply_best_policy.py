@@ -18,14 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-steps", type=int, default=1000)
     p.add_argument("--out", help="export folder (default studies/<study>/trial-<N>/)")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)  # anything else goes to 'autoprune apply' as it is
     from autoprune.cli import main as autoprune
 
     flags = ["apply", "--best", "--storage", args.storage, "--finetune-steps", str(args.finetune_steps)]
     flags += ["--study", args.study] if args.study else []
     flags += ["--out", args.out] if args.out else []
     flags += ["--quiet"] if args.quiet else []
-    return autoprune(flags)
+    return autoprune(flags + rest)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def test_apply_policy_file_and_script(searched, tmp_path):
     trial = study.best_trials[0]
     (tmp_path / "p.json").write_text(json.dumps(trial.user_attrs["policy"]))
     r = run_cli("apply", "--study", "digits-test", "--policy", str(tmp_path / "p.json"), "--finetune-steps", "5",
-                "--out", str(tmp_path / "y"), "--quiet", cwd=searched)
+                "--out", str(tmp_path / "y"), "--quiet", "--no-onnx", cwd=searched)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "y" / "report.json").read_text())["pruned"]["flops"] == trial.values[1]
     script = Path(__file__).resolve().parents[1] / "scripts" / "apply_best_policy.py"
@@ -152,7 +152,7 @@ def test_apply_policy_file_and_script(searched, tmp_path):
     import sys
 
     r = subprocess.run([sys.executable, str(script), "--storage", "sqlite:///studies/digits-test.db",
-                        "--finetune-steps", "5", "--out", str(tmp_path / "z"), "--quiet"],
+                        "--finetune-steps", "5", "--out", str(tmp_path / "z"), "--quiet", "--no-onnx"],
                        cwd=searched, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "z" / "policy.json").exists() and (tmp_path / "z" / "model.pt").exists()
@@ -378,7 +378,7 @@ def test_confirm_rescores_the_top_trials_as_apply_recovers_them(searched, tmp_pa
     # the seed-0 run is the model apply exports for the same steps, scored on search-val
     n = top2[0]
     assert main(["apply", "--study", "digits-test", "--trial", str(n), "--finetune-steps", "20", "--quiet",
-                 "--out", str(tmp_path / "x")]) == 0
+                 "--no-onnx", "--out", str(tmp_path / "x")]) == 0
     dense = build_model("smallcnn", num_classes=10, in_channels=1, input_size=8)
     load_weights(dense, next((searched / "studies" / "checkpoints").glob("*.pt")))
     model = load_pruned(dense, tmp_path / "x" / "policy.json", tmp_path / "x" / "model.pt")
@@ -623,7 +623,7 @@ def test_search_and_apply_on_an_image_folder_read_per_batch(tmp_path, monkeypatc
     info = study.user_attrs["autoprune"]
     assert info["input_shape"] == [3, 32, 32] and info["config"]["val_size"] == 4  # 10% of 48 images
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    assert main(["apply", "--study", "photos", "--best", "--finetune-steps", "2", "--quiet",
+    assert main(["apply", "--study", "photos", "--best", "--finetune-steps", "2", "--quiet", "--no-onnx",
                  "--out", str(tmp_path / "x")]) == 0
     report = json.loads((tmp_path / "x" / "report.json").read_text())
     assert report["pruned"]["flops"] < report["dense"]["flops"] and 0 <= report["pruned"]["test_accuracy"] <= 1
