@@ -112,10 +112,21 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
+#: what in these architectures Torch-Pruning 1.6 cannot follow (a documented limitation of it)
+KNOWN_LIMITS = {
+    "ShuffleNetV2": "its channel shuffle (a view and a transpose across channels)",
+    "SwinTransformer": "its shifted-window attention (rolls and window reshapes)",
+    "MaxVit": "its block and grid window attention (window reshapes)",
+}
+
+
 def _trace_error(model: nn.Module, exc: BaseException) -> UserError:
+    name = type(model).__name__
+    why = KNOWN_LIMITS.get(name)
     return UserError(
-        f"Torch-Pruning 1.6 cannot trace {type(model).__name__} ({_first_line(exc)}); models that shuffle "
-        "channels with view/transpose (ShuffleNet) are a known limitation. No layer of this model can be pruned"
+        f"Torch-Pruning 1.6 cannot trace {name} ({_first_line(exc)})"
+        + (f": {why} is a known limitation of it" if why else "")
+        + "; no layer of this model can be pruned"
     )
 
 
@@ -193,10 +204,11 @@ def iter_tp_groups(
             group = graph.get_pruning_group(module, pruner.prune_out_channels,
                                             list(range(pruner.get_out_channels(module))))
         except (_IndexSearchTooLarge, MemoryError):
+            why = KNOWN_LIMITS.get(type(model).__name__, "reshapes that multiply channel indices")
             raise UserError(
-                f"Torch-Pruning's dependency search for layer {name!r} ran away (over {MAX_MAPPED_INDICES:,} "
-                "indices: window-attention reshapes such as swin's and maxvit's are a known Torch-Pruning 1.6 "
-                f"limitation); keep it whole with --ignore '{name}', or choose another model"
+                f"Torch-Pruning 1.6's dependency search for layer {name!r} of {type(model).__name__} ran away (over "
+                f"{MAX_MAPPED_INDICES:,} indices; {why} is a known limitation of it); keep the layer whole with "
+                f"--ignore '{name}', or choose another model"
             ) from None
         except Exception as exc:  # noqa: BLE001 - whatever Torch-Pruning raises for this layer
             raise UserError(
