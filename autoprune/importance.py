@@ -79,12 +79,13 @@ class L2(_TorchPruning):
 
 
 class _FPGMImportance(tp.importance.FPGMImportance):
-    """Torch-Pruning 1.6's ``FPGMImportance.__call__``, with one line fixed: for the input side
-    of a grouped (not depthwise) conv it repeats a 2-D weight matrix with ``repeat(groups)``,
-    which raises "Number of dimensions of repeat dims can not be smaller than number of
-    dimensions of tensor" on every RegNet and ResNeXt. Here the rows are repeated once per
-    conv group. Otherwise the same computation: per layer, each channel's summed distance to
-    the others; reduced over the group."""
+    """Torch-Pruning 1.6's ``FPGMImportance.__call__``, with the input side of grouped (not
+    depthwise) convs fixed: it repeats a 2-D weight matrix with ``repeat(groups)``, which
+    raises "Number of dimensions of repeat dims can not be smaller than number of dimensions
+    of tensor" on every RegNet and ResNeXt. Here each input channel is described by the
+    weights of the filters that read it (its conv group's), which also takes 1/groups of the
+    memory (regnet_y_128gf: 70 MB instead of 2 GB). Otherwise the same computation: per layer,
+    each channel's summed distance to the others; reduced over the group."""
 
     @torch.no_grad()
     def __call__(self, group: tp.dependency.Group, **kwargs: object) -> torch.Tensor | None:
@@ -100,12 +101,18 @@ class _FPGMImportance(tp.importance.FPGMImportance):
                 w = (layer.weight.data.transpose(1, 0) if transposed else layer.weight.data)[item.idxs].flatten(1)
                 local = w.abs().pow(self.p)
             elif prune_fn in (function.prune_conv_in_channels, function.prune_linear_in_channels):
-                w = layer.weight.data.flatten(1) if transposed else layer.weight.data.transpose(0, 1).flatten(1)
-                local = w.abs().pow(self.p)
-                if (prune_fn == function.prune_conv_in_channels and layer.groups != layer.in_channels
-                        and layer.groups != 1):
-                    local = local.repeat(layer.groups, 1)  # the fix: Torch-Pruning has repeat(layer.groups)
-                local = local[item.idxs]
+                grouped = (prune_fn == function.prune_conv_in_channels and not transposed
+                           and layer.groups not in (1, layer.in_channels))
+                if grouped:
+                    # input channel j of conv group q = j // (in/g) is read by that group's filters only: its row
+                    # is their weights at position j % (in/g). (Torch-Pruning repeats the whole matrix instead,
+                    # with repeat(layer.groups), which fails on 2-D tensors and would take g times the memory.)
+                    g, w = layer.groups, layer.weight.data
+                    o, i = w.shape[0] // g, w.shape[1]
+                    w = w.reshape(g, o, i, -1).permute(0, 2, 1, 3).reshape(g * i, -1)
+                else:
+                    w = layer.weight.data.flatten(1) if transposed else layer.weight.data.transpose(0, 1).flatten(1)
+                local = w.abs().pow(self.p)[item.idxs]
             else:
                 continue  # FPGM does not score BatchNorm or LayerNorm
             group_imp.append(torch.cdist(local.unsqueeze(0), local.unsqueeze(0), p=2).squeeze(0).abs().sum(dim=0))
