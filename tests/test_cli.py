@@ -449,21 +449,27 @@ def test_timeout_stops_starting_trials(searched, monkeypatch):
     assert 1 <= len(done) < 10000 and len(study.trials) == len(done)
 
 
-def test_ctrl_c_exits_130_and_keeps_the_finished_trials(searched, monkeypatch, capsys):
+def break_finetune(monkeypatch, on_call: int, exc: BaseException) -> None:
+    """The ``on_call``-th fine-tune of a search raises ``exc`` (Ctrl-C, or a crash inside a trial)."""
     from autoprune import objective
-    from autoprune.cli import main
 
-    monkeypatch.chdir(searched)
     calls = []
     real = objective.finetune
 
-    def interrupted(*args, **kwargs):
+    def finetune(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # Ctrl-C during the third trial's fine-tune
-            raise KeyboardInterrupt
+        if len(calls) == on_call:
+            raise exc
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(objective, "finetune", interrupted)
+    monkeypatch.setattr(objective, "finetune", finetune)
+
+
+def test_ctrl_c_exits_130_and_keeps_the_finished_trials(searched, monkeypatch, capsys):
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    break_finetune(monkeypatch, 3, KeyboardInterrupt())  # Ctrl-C during the third trial's fine-tune
     assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "5", "--study", "ctrlc"]) == 130
     assert "interrupted; completed trials are stored" in capsys.readouterr().err
     study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{searched}/studies/ctrlc.db")
@@ -511,20 +517,10 @@ def test_front_as_csv(searched, monkeypatch, capsys):
 
 # --------------------------------------------------------------------------- the user's own code and files
 def test_a_failed_trial_is_stored_with_its_reason_and_the_summary_matches_front(searched, monkeypatch, capsys):
-    from autoprune import objective
     from autoprune.cli import main
 
     monkeypatch.chdir(searched)
-    calls = []
-    real = objective.finetune
-
-    def breaks_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise IndexError("index 16 is out of bounds for dimension 0 with size 16")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(objective, "finetune", breaks_once)
+    break_finetune(monkeypatch, 2, IndexError("index 16 is out of bounds for dimension 0 with size 16"))
     assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "3", "--study", "fails"]) == 0
     out = capsys.readouterr().out
     assert "failed trial(s) 1: failed: IndexError: index 16 is out of bounds" in out
