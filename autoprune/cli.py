@@ -59,6 +59,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                         "first stage's residual stream)")
     p.add_argument("--distill", help="knowledge distillation from the dense model while fine-tuning: off, on, search")
     p.add_argument("--warm-start", help="comma-separated first trials of a new study: uniform (default), sensitivity")
+    p.add_argument("--no-references", dest="references", action="store_const", const=False,
+                   help="skip the reference curves (uniform L1 and global magnitude at a few FLOPs levels, with the "
+                        "trials' fine-tune; cached per dense model)")
+    p.add_argument("--front-floor", type=float, help="lowest reference FLOPs level, as a fraction of the budget (default 0.25)")
     p.add_argument("--params-objective", action="store_const", const=True, help="also minimise parameters (3rd objective)")
     p.add_argument("--finetune-steps", type=int, help="fine-tune mini-batches per trial")
     p.add_argument("--prune-steps", type=int, help="reach each trial's policy in this many rounds of pruning and "
@@ -202,6 +206,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if rows:
         print("\nPareto front (search-val accuracy after a short fine-tune):")
         print(report.format_table(rows, dense=info["dense"]))
+        if report.references_of(study):
+            print("\n" + report.format_references(study))
         print(f"\nfront: {paths['csv']}, {paths['json']}\nplot:  {paths['png']}")
     best = studies.best_feasible(study)
     from autoprune.pipeline import artifact_dir
@@ -263,6 +269,8 @@ def cmd_front(args: argparse.Namespace) -> int:
     paths = report.write_front(study, _out_dir(args, study.study_name))
     if args.format == "table":
         print(report.format_table(rows, dense=studies.info(study)["dense"]))
+        if report.references_of(study):
+            print("\n" + report.format_references(study))
     elif args.format == "csv":
         sys.stdout.write(paths["csv"].read_text())
     else:

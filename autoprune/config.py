@@ -69,6 +69,8 @@ class SearchConfig:
     prune_stem: bool = False  # also prune the first layer's output channels (and all coupled to them)
     distill: str = "off"
     warm_start: list[str] = field(default_factory=lambda: ["uniform"])  # first trials: "uniform", "sensitivity"
+    references: bool = True  # uniform L1 and global magnitude curves at a few FLOPs levels (cached per dense model)
+    front_floor: float = 0.25  # the lowest reference level, as a fraction of the budget
     # trial
     finetune_steps: int = 150
     finetune_lr: float = 0.01
@@ -195,6 +197,8 @@ class SearchConfig:
         for name in ("finetune_steps", "bn_batches"):
             if getattr(self, name) < 0:
                 raise bad(f"{name} = {getattr(self, name)} must be >= 0")
+        if not 0 < self.front_floor <= 1:
+            raise bad(f"front_floor = {self.front_floor} must be in (0, 1]: the lowest FLOPs level as a fraction of the budget")
         if not 0 <= self.early_stop < 1:
             raise bad(f"early_stop = {self.early_stop} must be in [0, 1): the fraction of fine-tune steps before the check")
         if self.timeout is not None and self.timeout <= 0:

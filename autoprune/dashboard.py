@@ -139,6 +139,8 @@ def publish(study: optuna.Study, references: dict[str, list[dict[str, float]]] |
     import optuna_dashboard
     from autoprune import study as studies  # (study.py imports objective.py, which imports this)
 
+    if references is None:
+        references = study.user_attrs.get("references", {}).get("curves")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optuna_dashboard.save_note(study, note(study))

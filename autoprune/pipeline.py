@@ -15,7 +15,7 @@ import optuna
 import torch
 from torch import nn
 
-from autoprune import dashboard, sensitivity
+from autoprune import dashboard, reference, sensitivity
 from autoprune import study as studies
 from autoprune.baseline import get_dense, skeleton
 from autoprune.config import SearchConfig, human, resolve_budget
@@ -289,12 +289,27 @@ def search_model(
             reconstruct_x=reconstruction_images(config, bn) if config.reconstruct else None,
             artifacts=dashboard.artifact_store(artifact_dir(config)),
         )
+        if config.references and REFERENCES_ATTR not in study.user_attrs:
+            targets = reference.levels(the_plan.budget.flops, config.front_floor)
+            targets = [t for t in targets if t >= the_plan.min_flops] or [the_plan.budget.flops]
+            if progress:
+                print(f"reference curves: uniform L1 and global magnitude at {len(targets)} FLOPs levels "
+                      "(cached per dense model)", file=sys.stderr)
+            curves = reference.curves(
+                pruner, train, val, targets, steps=config.finetune_steps, lr=config.finetune_lr,
+                batch_size=config.batch_size, bn_batches=config.bn_batches, seed=config.seed, runtime=rt, bn_data=bn,
+                cache_dir=Path(config.cache_dir), key=f"{dense_info.get('sha256')}|{train.digest()}|{val.digest()}")
+            study.set_user_attr(REFERENCES_ATTR, {"curves": curves, "steps": config.finetune_steps})
         dashboard.publish(study)
         try:
             counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress)
         finally:
             dashboard.publish(study)  # the note and charts follow the trials, also after Ctrl-C
         return study, counts
+
+
+#: the study attribute holding the reference curves (report.py and dashboard.py read it)
+REFERENCES_ATTR = "references"
 
 
 def artifact_dir(config: SearchConfig) -> Path:

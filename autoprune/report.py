@@ -56,6 +56,43 @@ def format_table(rows: list[dict[str, Any]], *, dense: dict[str, Any] | None = N
     return "\n".join(lines)
 
 
+def references_of(study: optuna.Study) -> dict[str, list[dict[str, Any]]]:
+    """The study's reference curves (see reference.py): {rule: [{"flops", "accuracy"}]}."""
+    return study.user_attrs.get("references", {}).get("curves", {})
+
+
+def hypervolumes(study: optuna.Study) -> dict[str, Any]:
+    """Hypervolume of the feasible front and of each reference curve, with the reference point
+    (accuracy 0, FLOPs = the budget) and FLOPs as a fraction of the budget."""
+    from autoprune.reference import hypervolume
+
+    budget = studies.info(study)["budget"]["flops"]
+    feasible = [t for t in studies.completed(study) if studies.is_feasible(t)]
+    out: dict[str, Any] = {"reference_point": {"accuracy": 0.0, "flops": budget},
+                           "front": hypervolume([(t.values[0], t.values[1]) for t in feasible], max_flops=budget)}
+    for rule, points in references_of(study).items():
+        out[rule] = hypervolume([(p["accuracy"], p["flops"]) for p in points], max_flops=budget)
+    return out
+
+
+def format_references(study: optuna.Study) -> str:
+    refs = references_of(study)
+    if not refs:
+        return ""
+    dense_flops = studies.info(study)["dense"]["flops"]
+    steps = study.user_attrs.get("references", {}).get("steps")
+    lines = [f"reference curves (the trials' recovery: {steps} fine-tune steps):",
+             f"{'rule':>18}  {'val acc':>7}  {'FLOPs':>7}  {'of dense':>8}"]
+    for rule, points in refs.items():
+        for p in sorted(points, key=lambda p: p["flops"]):
+            lines.append(f"{rule:>18}  {p['accuracy']:7.4f}  {human(p['flops']):>7}  {p['flops'] / dense_flops:8.3f}")
+    hv = hypervolumes(study)
+    point = hv.pop("reference_point")
+    lines.append(f"hypervolume (reference point: accuracy 0, {human(point['flops'])} FLOPs = the budget; FLOPs as a "
+                 "fraction of it): " + ", ".join(f"{k} {v:.4f}" for k, v in hv.items()))
+    return "\n".join(lines)
+
+
 def plot_front(study: optuna.Study, path: Path) -> Path:
     """Accuracy vs FLOPs: every fine-tuned trial, the front, the dense model and the budget."""
     from matplotlib.figure import Figure  # no pyplot: the caller's matplotlib backend is left alone
@@ -77,6 +114,10 @@ def plot_front(study: optuna.Study, path: Path) -> Path:
         if t.user_attrs.get("warm_start"):
             ax.scatter([t.values[1] / 1e6], [100 * t.values[0]], marker="s", s=70, facecolors="none",
                        edgecolors="k", label=t.user_attrs["warm_start"] + " (warm start)", zorder=5)
+    for (rule, points), marker in zip(references_of(study).items(), ("s", "^"), strict=False):
+        pts = sorted(points, key=lambda p: p["flops"])
+        ax.plot([p["flops"] / 1e6 for p in pts], [100 * p["accuracy"] for p in pts], ls=":", marker=marker, ms=5,
+                label=f"{rule} (reference)", zorder=3)
     ax.scatter([dense["flops"] / 1e6], [100 * dense["val_accuracy"]], marker="*", s=160, c="#00798c",
                label="dense", zorder=5)
     ax.axvline(budget_x, ls="--", c="k", lw=1, label="FLOPs budget")
@@ -103,6 +144,7 @@ def write_front(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
         writer.writerows(rows)
     info = studies.info(study)
     paths["json"].write_text(json.dumps(
-        {"study": study.study_name, "dense": info["dense"], "budget": info["budget"], "front": rows}, indent=1))
+        {"study": study.study_name, "dense": info["dense"], "budget": info["budget"], "front": rows,
+         "references": references_of(study), "hypervolume": hypervolumes(study)}, indent=1))
     plot_front(study, paths["png"])
     return paths

@@ -55,27 +55,11 @@ def uniform_model(pruner, target: int):
 
 
 def global_model(dense, example, ignored: list[str], target: int):
-    """Torch-Pruning's own global magnitude pruning, ratio solved for the FLOPs target."""
-    import copy
+    """Torch-Pruning's own global magnitude pruning, ratio solved for the FLOPs target (the
+    package's reference rule)."""
+    from autoprune.reference import global_magnitude
 
-    import torch_pruning as tp
-
-    from autoprune.budget import largest_fitting
-    from autoprune.measure import count_flops
-
-    def prune(ratio: float):
-        model = copy.deepcopy(dense).eval()
-        modules = dict(model.named_modules())
-        pruner = tp.pruner.BasePruner(
-            model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
-            pruning_ratio=ratio, max_pruning_ratio=0.95, ignored_layers=[modules[n] for n in ignored],
-        )
-        pruner.step()
-        return model
-
-    # the smallest pruning ratio that fits = the largest kept fraction 1 - ratio that does
-    kept = largest_fitting(lambda k: count_flops(prune(1 - k), example) <= target, 0.05, 1.0, iterations=25)
-    return prune(1 - kept), f"global ratio {1 - kept:.3f}"
+    return global_magnitude(dense, example, ignored, target), "global magnitude"
 
 
 def load_bench_task(task_name: str, keep_min: float, space: str = "fill", threads: int = 1, prune_stem: bool = False):

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         study = autoprune.search(dense, (xt, yt), (xv, yv), example, budget_flops=0.4, storage=f"sqlite:///{work}/s.db",
                                  study=f"check-{label}", trials=trials, finetune_steps=args.steps, progress=False,
-                                 device=on_device, sampler="random", methods=["l1"], seed=0)
+                                 device=on_device, sampler="random", methods=["l1"], seed=0, references=False)
         return study, time.perf_counter() - t0
 
     train_module._on, train_module.finetune, train_module.evaluate = on, finetune, evaluate

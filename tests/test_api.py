@@ -21,7 +21,7 @@ def test_search_and_apply_policy_in_process(tmp_path):
     study = autoprune.search(
         model, (task.train.x, task.train.labels), list(zip(task.val.x, task.val.labels)), task.example_input(),
         budget_flops=0.6, storage=storage, study="api", trials=3, finetune_steps=5, methods=["l1", "taylor"],
-        progress=False, batch_size=64, threads=1,
+        progress=False, references=False, batch_size=64, threads=1,
     )
     assert isinstance(study, optuna.Study)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -32,7 +32,7 @@ def test_search_and_apply_policy_in_process(tmp_path):
     again = autoprune.search(
         model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
         budget_flops=0.6, storage=storage, study="api", trials=1, finetune_steps=5, methods=["l1", "taylor"],
-        progress=False, batch_size=64, threads=1,
+        progress=False, references=False, batch_size=64, threads=1,
     )
     assert len([t for t in again.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
 
@@ -60,7 +60,7 @@ def test_a_stored_trial_replays_exactly_without_calibration_data(digits_dense, t
     study = autoprune.search(
         model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
         budget_flops=0.3, storage=f"sqlite:///{tmp_path}/r.db", study="replay", trials=4, finetune_steps=0,
-        methods=["taylor", "activation"], progress=False, batch_size=64, threads=1, bn_batches=2,
+        methods=["taylor", "activation"], progress=False, references=False, batch_size=64, threads=1, bn_batches=2,
         min_channels=6, keep_min=0.125,
     )
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -97,7 +97,7 @@ def test_library_calls_leave_the_callers_process_settings_alone(digits_dense, tm
         study = autoprune.search(
             model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
             budget_flops=0.5, storage=f"sqlite:///{tmp_path}/p.db", study="p", trials=2, finetune_steps=3,
-            progress=False, batch_size=64, threads=1, bn_batches=2,
+            progress=False, references=False, batch_size=64, threads=1, bn_batches=2,
         )
         report.plot_front(study, tmp_path / "front.png")
         assert torch.get_num_threads() == wanted

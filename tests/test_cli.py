@@ -12,7 +12,7 @@ import torch
 
 from conftest import run_cli
 
-FAST = ["--dataset", "digits", "--val-size", "300", "--dense-epochs", "4", "--finetune-steps", "15",
+FAST = ["--dataset", "digits", "--val-size", "300", "--dense-epochs", "4", "--finetune-steps", "15", "--no-references",
         "--threads", "1", "--quiet"]
 
 
@@ -669,3 +669,44 @@ def test_a_search_can_prune_progressively(searched, monkeypatch):
     for t in study.trials:
         assert t.state.name == "COMPLETE" and t.user_attrs["prune_steps"] == 2 and t.values[1] <= budget
         assert all(len(g["kept_indices"]) == g["kept"] for g in t.user_attrs["policy"]["groups"].values())
+
+
+def test_reference_curves_are_measured_once_per_dense_model_and_shown_with_the_hypervolume(searched, monkeypatch, capsys):
+    """Uniform L1 and global magnitude at FLOPs levels from the budget down to a quarter of it
+    (those the space reaches), with the trials' fine-tune: stored in the study, printed by search and front with
+    each curve's hypervolume next to the front's, drawn in front.png, and cached: a second
+    study of the same dense model does not measure them again."""
+    from autoprune import reference
+    from autoprune.cli import main
+
+    monkeypatch.chdir(searched)
+    args = [a for a in FAST if a != "--no-references"]
+    assert main(["search", *args, "--budget-flops", "0.4", "--trials", "2", "--study", "refs"]) == 0
+    out = capsys.readouterr().out
+    assert "reference curves (the trials' recovery: 15 fine-tune steps):" in out and "hypervolume (reference point" in out
+    study = load_study_named(searched, "refs")
+    budget = study.user_attrs["autoprune"]["budget"]["flops"]
+    curves = study.user_attrs["references"]["curves"]
+    assert set(curves) == {"uniform L1", "global magnitude"}
+    reachable = [t for t in reference.levels(budget, 0.25) if t >= study.user_attrs["autoprune"]["budget"]["min_flops"]]
+    assert len(reachable) >= 2  # levels below what the space reaches are left out
+    for points in curves.values():
+        assert [p["target"] for p in points] == reachable
+        assert all(p["flops"] <= p["target"] and 0 <= p["accuracy"] <= 1 for p in points)
+    assert main(["front", "--study", "refs", "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["references"] == curves and set(shown["hypervolume"]) == {"reference_point", "front", *curves}
+    assert shown["hypervolume"]["reference_point"] == {"accuracy": 0.0, "flops": budget}
+    assert 0 < shown["hypervolume"]["front"] < 1
+    monkeypatch.setattr(reference, "recover_model", lambda *a, **k: pytest.fail("measured again"))
+    assert main(["search", *args, "--budget-flops", "0.4", "--trials", "1", "--study", "refs-again"]) == 0
+    assert load_study_named(searched, "refs-again").user_attrs["references"]["curves"] == curves
+
+
+def test_hypervolume_by_hand():
+    from autoprune.reference import hypervolume
+
+    assert hypervolume([(1.0, 0.0)], max_flops=100) == 1.0
+    assert hypervolume([(0.5, 50)], max_flops=100) == 0.25
+    assert hypervolume([(0.5, 50), (0.8, 90)], max_flops=100) == pytest.approx(0.25 + 0.3 * 0.1)
+    assert hypervolume([(0.5, 50), (0.4, 90), (0.9, 200)], max_flops=100) == 0.25  # dominated, over the reference

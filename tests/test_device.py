@@ -65,5 +65,5 @@ def test_a_trial_trains_and_scores_where_the_runtime_says(digits_dense, tmp_path
 
     autoprune.search(model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
                      budget_flops=0.5, storage=f"sqlite:///{tmp_path}/d.db", study="d", trials=2, finetune_steps=2,
-                     progress=False, batch_size=64, threads=1, bn_batches=1, device="cpu")
+                     progress=False, references=False, batch_size=64, threads=1, bn_batches=1, device="cpu")
     assert devices == ["cpu", "cpu"] and model_device(model).type == "cpu"

@@ -83,7 +83,7 @@ def test_refit_leaves_unstructured_zeros_alone(two_conv):
 
 def test_refit_proxy_trials_skip_fine_tuning_and_score_the_refit_model(digits_dense, tmp_path):
     model, task = digits_dense
-    common = {"budget_flops": 0.3, "trials": 3, "finetune_steps": 0, "sampler": "random", "progress": False,
+    common = {"budget_flops": 0.3, "trials": 3, "finetune_steps": 0, "sampler": "random", "progress": False, "references": False,
               "batch_size": 64, "threads": 1, "methods": ["l1"], "keep_min": 0.125,
               "storage": f"sqlite:///{tmp_path}/s.db"}
     runs = {}

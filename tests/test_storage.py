@@ -65,7 +65,7 @@ def small_search(dense, storage: str, *, sampler: str = "tpe", trials: int = 2, 
     return autoprune.search(
         model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
         budget_flops=0.6, storage=storage, study=study, trials=trials, finetune_steps=2, sampler=sampler,
-        progress=False, batch_size=64, threads=1, methods=["l1", "fpgm"], **options,
+        progress=False, references=False, batch_size=64, threads=1, methods=["l1", "fpgm"], **options,
     )
 
 
@@ -112,7 +112,7 @@ def test_every_sampler_runs_past_its_startup_and_respects_the_budget(sampler, de
     study = autoprune.search(
         model, (task.train.x, task.train.labels), (task.val.x, task.val.labels), task.example_input(),
         budget_flops=0.6, storage=f"sqlite:///{tmp_path}/s.db", study="s", trials=trials, finetune_steps=0,
-        sampler=sampler, progress=False, batch_size=64, threads=1, methods=["l1", "fpgm"], bn_batches=2,
+        sampler=sampler, progress=False, references=False, batch_size=64, threads=1, methods=["l1", "fpgm"], bn_batches=2,
     )
     budget = study.user_attrs["autoprune"]["budget"]["flops"]
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
