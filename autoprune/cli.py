@@ -43,7 +43,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifact-dir", help="folder for trial artifacts, policy.json per trial (default next to a SQLite "
                    "study: studies/<study>-artifacts/); give it to optuna-dashboard with --artifact-dir")
     p.add_argument("--sampler", help="tpe (default), nsga2, random, gp")
-    p.add_argument("--space", help="fill (default): every trial spends the budget, the search picks where; "
+    p.add_argument("--space", help="fill (default): every trial spends the budget, the search picks where; front: "
+                   "like fill, but each trial also picks how much of the budget to spend (down to --front-floor), so one "
+                   "search gives a curve; "
                    "free: absolute keep levels, trials spread over FLOPs; local: like fill, around the policy the "
                    "per-group sensitivity analysis derives (half to twice its keeps; the analysis is cached); blend: the "
                    "line from uniform pruning to that policy (t = 0..1.25, 11 points, all tried in turn)")
@@ -62,7 +64,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-references", dest="references", action="store_const", const=False,
                    help="skip the reference curves (uniform L1 and global magnitude at a few FLOPs levels, with the "
                         "trials' fine-tune; cached per dense model)")
-    p.add_argument("--front-floor", type=float, help="lowest reference FLOPs level, as a fraction of the budget (default 0.25)")
+    p.add_argument("--front-floor", type=float, help="lowest FLOPs level of the reference curves and of --space front, "
+                   "as a fraction of the budget (default 0.25)")
     p.add_argument("--params-objective", action="store_const", const=True, help="also minimise parameters (3rd objective)")
     p.add_argument("--finetune-steps", type=int, help="fine-tune mini-batches per trial")
     p.add_argument("--prune-steps", type=int, help="reach each trial's policy in this many rounds of pruning and "

@@ -18,7 +18,7 @@ from typing import Any
 from autoprune.errors import UserError, unknown_choice
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
-SPACES = ("fill", "free", "local", "blend")
+SPACES = ("fill", "front", "free", "local", "blend")
 DISTILL = ("off", "on", "search")
 WARM_STARTS = ("uniform", "sensitivity")
 AMP = ("off", "bf16", "fp16")

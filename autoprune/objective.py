@@ -133,9 +133,10 @@ class Objective:
             self._teacher = dense if self.runtime.device.type == "cpu" else copy.deepcopy(dense).to(self.runtime.device)
         return self._teacher
 
-    def fit(self, widths: dict[str, float], methods: str | dict[str, str]) -> Policy:
-        """The ``fill`` space's solver: relative widths -> the policy that spends the budget."""
-        return fill_budget(widths, methods, predict=self.pruner.predict_flops, budget=self.budget.flops,
+    def fit(self, widths: dict[str, float], methods: str | dict[str, str], fraction: float = 1.0) -> Policy:
+        """The relative spaces' solver: relative widths -> the policy that spends ``fraction``
+        of the budget (``front`` samples it; the others spend it all)."""
+        return fill_budget(widths, methods, predict=self.pruner.predict_flops, budget=self.budget.flops * fraction,
                            keep_min=self.space.levels[0], keep_max=self.space.levels[-1])
 
     def flops_of(self, model: nn.Module, policy: Policy) -> int:

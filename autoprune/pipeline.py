@@ -112,7 +112,7 @@ def space_of(config: SearchConfig, anchor: dict[str, float] | None = None) -> Sp
     # a blend space moves along one line, between two policies of the analysis' method
     methods = (importance_for_analysis(config),) if config.space == "blend" else tuple(config.methods)
     return Space(levels=tuple(config.keep_levels), methods=methods, distill=config.distill,
-                 shape=config.space, anchor=anchor)
+                 shape=config.space, anchor=anchor, floor=config.front_floor)
 
 
 def importance_for_analysis(config: SearchConfig) -> str:
@@ -209,7 +209,7 @@ def warm_start(
             study.enqueue_trial(space.params_for(uniform, widths_of(uniform, space.anchor)),
                                 user_attrs={"warm_start": f"uniform {method} at the budget (nearest in the local space)"})
         return
-    if "uniform" in config.warm_start and space.shape == "fill":
+    if "uniform" in config.warm_start and space.shape in ("fill", "front"):
         # width 0 everywhere: the scale is solved at the trial, so this is uniform at the budget
         uniform = space.uniform(pruner.groups, 1.0, method)
         study.enqueue_trial(space.params_for(uniform), user_attrs={"warm_start": f"uniform {method} at the budget"})

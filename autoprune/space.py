@@ -42,8 +42,13 @@ from autoprune.policy import GroupChoice, Policy
 WIDTH_RANGE = 4
 WIDTH_STEPS_PER_OCTAVE = 2
 
-#: (relative width per group, method or methods per group) -> the policy that spends the budget
-Fit = Callable[[Mapping[str, float], str | Mapping[str, str]], Policy]
+#: (relative width per group, method or methods per group, fraction of the budget to spend) -> the
+#: policy that spends it
+Fit = Callable[..., Policy]
+
+#: the ``front`` space's spend levels: fraction floor ** (1 - s / SPEND_STEPS) of the budget, s in 0..SPEND_STEPS
+SPEND_STEPS = 8
+SPEND_PARAM = "spend"
 
 
 #: relative widths 2 ** (w / 4) around the anchor for w in -4..4: from half to twice its keep
@@ -80,15 +85,21 @@ class Space:
     levels: tuple[float, ...]  # keep ratios, evenly spaced ("free"); [levels[0], levels[-1]] bounds keep ("fill")
     methods: tuple[str, ...]
     distill: str = "off"  # "off" | "on" | "search"
-    shape: str = "free"  # "fill" | "free" | "local" | "blend"
+    shape: str = "free"  # "fill" | "front" | "free" | "local" | "blend"
+    #: ``front``: the lowest fraction of the budget a trial may spend
+    floor: float = 0.25
     #: ``local`` and ``blend``: the keep ratio per group that width 0 (local) or t = 1 (blend)
     #: stands for (the sensitivity policy)
     anchor: Mapping[str, float] | None = None
 
     @property
     def relative(self) -> bool:
-        """Whether trials sample relative widths that the budget solver scales (fill, local, blend)."""
-        return self.shape in ("fill", "local", "blend")
+        """Whether trials sample relative widths that the budget solver scales (fill, front, local, blend)."""
+        return self.shape in ("fill", "front", "local", "blend")
+
+    def spend(self, s: int) -> float:
+        """The ``front`` space's fraction of the budget at spend level ``s`` (log-spaced, floor to 1)."""
+        return self.floor ** (1 - s / SPEND_STEPS)
 
     def bounds(self) -> tuple[int, int]:
         """The integer range of a relative width parameter."""
@@ -120,7 +131,8 @@ class Space:
             else:
                 lo, hi = self.bounds()
                 widths = {g.id: self.relative_width(g.id, trial.suggest_int(f"{g.id}:width", lo, hi)) for g in groups}
-            policy = fit(widths, methods)
+            fraction = self.spend(trial.suggest_int(SPEND_PARAM, 0, SPEND_STEPS)) if self.shape == "front" else 1.0
+            policy = fit(widths, methods, fraction)
             return Policy(groups=policy.groups, distill=distill)
         lo, hi = self.levels[0], self.levels[-1]
         step = (self.levels[1] - self.levels[0]) if len(self.levels) > 1 else None
@@ -147,6 +159,8 @@ class Space:
                 params[f"{gid}:method"] = choice.method
             if self.relative:
                 params[f"{gid}:width"] = int((widths or {}).get(gid, 0))
+                if self.shape == "front":
+                    params[SPEND_PARAM] = SPEND_STEPS  # at the budget
             elif len(self.levels) > 1:
                 params[f"{gid}:keep"] = choice.keep
         if self.distill == "search":
