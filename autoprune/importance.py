@@ -7,9 +7,9 @@ same way. Adding a criterion is one decorated class and one test.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -219,13 +219,34 @@ class Random(Criterion):
         return torch.rand(len(group[0].idxs), generator=gen)
 
 
+@contextlib.contextmanager
+def _borrowed(model: nn.Module) -> Iterator[None]:
+    """Lend the dense model to a data-dependent criterion without copying it (a copy of a
+    600M-parameter model is 2.5 GB): its gradients, ``requires_grad`` flags and train/eval
+    modes are put back as they were afterwards, and the criterion removes its own hooks."""
+    params = list(model.parameters())
+    grads = [p.grad for p in params]
+    flags = [p.requires_grad for p in params]
+    modes = {m: m.training for m in model.modules()}
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, g, f in zip(params, grads, flags, strict=True):
+            p.grad = g
+            p.requires_grad_(f)
+        for m, training in modes.items():
+            m.training = training
+
+
 class ScoreCache:
     """Channel scores of every group of one dense model, per criterion, computed lazily once.
 
-    Weight-based criteria read the dense model as it is (under ``no_grad``, nothing written);
-    data-dependent ones (taylor: gradients, activation: hooks) work on a deep copy that is
-    dropped once scored, so the caller's model never holds gradients or hooks and at most one
-    extra copy of the model exists at a time."""
+    Every criterion reads the dense model itself, without a copy: weight-based ones under
+    ``no_grad``; data-dependent ones (taylor: gradients, activation: hooks) borrow it, and its
+    gradients, flags, modes and hooks are as before once they are done."""
 
     def __init__(
         self,
@@ -251,21 +272,19 @@ class ScoreCache:
             criterion = IMPORTANCES.get(method)(seed=self._seed)
             if criterion.needs_data and self._calibration is None:
                 raise ValueError(f"importance {method!r} needs calibration data")
-            if criterion.needs_data:
-                model = copy.deepcopy(self._dense)
-                criterion.prepare(model, self._calibration)
-                graph = build_graph(model, self._example)
-            else:
-                model = self._dense
-                graph = self._graph if self._graph is not None else build_graph(model, self._example)
-                self._graph = graph
-            result = {}
-            with torch.no_grad():
-                for gid, _, group in iter_tp_groups(model, graph, self._ignored):
-                    s = criterion.score(group, gid)
-                    if s is None:  # Torch-Pruning returns None when no layer of the group has weights
-                        s = torch.zeros(len(group[0].idxs))
-                    result[gid] = s.detach().float().cpu()
+            model = self._dense
+            graph = self._graph if self._graph is not None else build_graph(model, self._example)
+            self._graph = graph
+            with _borrowed(model) if criterion.needs_data else contextlib.nullcontext():
+                if criterion.needs_data:
+                    criterion.prepare(model, self._calibration)
+                result = {}
+                with torch.no_grad():
+                    for gid, _, group in iter_tp_groups(model, graph, self._ignored):
+                        s = criterion.score(group, gid)
+                        if s is None:  # Torch-Pruning returns None when no layer of the group has weights
+                            s = torch.zeros(len(group[0].idxs))
+                        result[gid] = s.detach().float().cpu()
             self._scores[method] = result
         return self._scores[method]
 

@@ -108,3 +108,17 @@ def test_unstructured_zeroes_the_smallest_weights_keeps_flops_and_stays_sparse()
 )
 def test_kept_channel_counts(channels, keep, round_to, min_channels, expected):
     assert kept_channels(channels, keep, round_to=round_to, min_channels=min_channels) == expected
+
+
+def test_data_criteria_borrow_the_dense_model_and_give_it_back_as_it_was():
+    """taylor and activation score the dense model itself (no 2.5 GB copy of a large model):
+    afterwards it holds no gradients or hooks, a frozen layer is still frozen, modes unchanged."""
+    model = Toy([[1.0, 0.2], [-4.0, -4.0], [0.3, 0.2], [0.8, 0.9]])
+    model.fc.weight.requires_grad_(False)
+    model.train()
+    pruner = Pruner(model, torch.zeros(1, 2, 4, 4), ignored=["fc"], calibration=positive_inputs())
+    for method in ("taylor", "activation"):
+        pruner.scores.scores(method)
+    assert all(p.grad is None for p in model.parameters())
+    assert model.fc.weight.requires_grad is False and model.conv1.weight.requires_grad is True
+    assert model.training and not model.conv1._forward_pre_hooks and not model.conv1._forward_hooks
