@@ -172,7 +172,11 @@ def resolve_ignore(model: nn.Module, example_input: torch.Tensor, patterns: Iter
     Pruning the stem's output channels also thins everything coupled to them (in a ResNet,
     the first stage's residual stream)."""
     names = [n for n, _ in model.named_modules() if n]
-    stems, heads = io_layers(model, graph if graph is not None else build_graph(model, example_input))
+    own = graph is None
+    graph = build_graph(model, example_input) if own else graph
+    stems, heads = io_layers(model, graph)
+    if own:
+        release(graph)
     ignored = set(heads) | (set() if prune_stem else set(stems))
     for pattern in patterns:
         matched = [n for n in names if fnmatch.fnmatch(n, pattern)]
@@ -277,6 +281,18 @@ def channel_groups(graph: tp.DependencyGraph, group: tp.dependency.Group) -> int
         else:
             found.append(pruner.get_in_channel_groups(module))
     return max(found)
+
+
+def release(graph: tp.DependencyGraph) -> None:
+    """Break the reference cycles of a graph that is no longer needed. Its nodes point at one
+    another and at the model's modules, so without this a discarded pruned copy (hundreds of
+    MB for a large model) lives on until Python's cyclic collector happens to run."""
+    for node in graph.module2node.values():
+        node.inputs.clear()
+        node.outputs.clear()
+        node.dependencies.clear()
+    graph.module2node.clear()
+    graph.model = None
 
 
 def pruning_group(graph: tp.DependencyGraph, root: nn.Module, idxs: Sequence[int]) -> tp.dependency.Group:

@@ -11,7 +11,7 @@ from torch import nn
 
 from autoprune.costmodel import FlopsPredictor
 from autoprune.errors import UserError
-from autoprune.groups import ROOT_TYPES, Group, build_graph, find_groups, pruning_group
+from autoprune.groups import ROOT_TYPES, Group, build_graph, find_groups, pruning_group, release
 from autoprune.importance import UNSTRUCTURED, Calibration, ScoreCache
 from autoprune.policy import GroupChoice, Policy
 
@@ -222,6 +222,7 @@ class Pruner:
             keep = set(choice.kept_indices or ())  # resolve() filled them in
             remove = [i for i in range(by_id[gid].channels) if i not in keep]
             pruning_group(graph, modules[gid], remove).prune()
+        release(graph)  # the copy is freed as soon as the caller drops it
         for gid, choice in resolved.groups.items():
             if choice.method == UNSTRUCTURED and choice.keep < 1:
                 apply_unstructured([modules[n] for n in by_id[gid].members], choice.keep)
