@@ -43,9 +43,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifact-dir", help="folder for trial artifacts, policy.json per trial (default next to a SQLite "
                    "study: studies/<study>-artifacts/); give it to optuna-dashboard with --artifact-dir")
     p.add_argument("--sampler", help="tpe (default), nsga2, random, gp")
-    p.add_argument("--space", help="fill (default): every trial spends the budget, the search picks where; front: "
-                   "like fill, but each trial also picks how much of the budget to spend (down to --front-floor), so one "
-                   "search gives a curve; "
+    p.add_argument("--space", help="front (default): each trial picks how much of the budget to spend (down to "
+                   "--front-floor) and where, so one search gives a curve; fill: every trial spends the whole budget, "
+                   "the search picks where; "
                    "free: absolute keep levels, trials spread over FLOPs; local: like fill, around the policy the "
                    "per-group sensitivity analysis derives (half to twice its keeps; the analysis is cached); blend: the "
                    "line from uniform pruning to that policy (t = 0..1.25, 11 points, all tried in turn)")

@@ -56,7 +56,8 @@ class SearchConfig:
     amp: str = "off"  # autocast on CUDA: bf16, fp16 or off
     workers: int | None = None  # DataLoader processes for data read per batch; None: min(4, cores - 1)
     # space
-    space: str = "fill"  # "fill": relative widths scaled to spend the budget; "free": absolute keep levels;
+    space: str = "front"  # "front": relative widths scaled to spend a sampled share of the budget (a curve);
+    # "fill": relative widths scaled to spend the whole budget; "free": absolute keep levels;
     # "local": fill around the sensitivity-derived policy (half to twice its keeps);
     # "blend": the line from uniform to the sensitivity-derived policy, every point tried in turn
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))

@@ -3,7 +3,10 @@ distillation), and policies to enqueue as warm starts. The only pruning module t
 
 The shapes of space (``SearchConfig.space``):
 
-- ``fill`` (default): per group a *relative width* ``2 ** (w / 2)`` with ``w`` an integer in
+- ``front`` (default): ``fill``, plus one integer ``spend`` in ``0..SPEND_STEPS``: the trial
+  spends ``floor ** (1 - spend / SPEND_STEPS)`` of the budget instead of all of it, so one
+  search covers the curve from the budget down to ``floor`` of it; every trial is feasible.
+- ``fill``: per group a *relative width* ``2 ** (w / 2)`` with ``w`` an integer in
   ``[-WIDTH_RANGE, WIDTH_RANGE]``; one scale factor shared by all groups is then solved, from
   predicted FLOPs, so that the policy spends the budget (keep = scale x width, clipped to
   [keep_min, keep_max]). Every trial is feasible and sits at the budget, so the sampler

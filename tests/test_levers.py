@@ -191,7 +191,8 @@ def test_fill_space_warm_start_is_uniform_at_the_budget(setup):
     from autoprune.pipeline import space_of, warm_start
 
     task, model, pruner = setup
-    config = SearchConfig.from_dict({"model": "smallcnn", "dataset": "digits", "budget_flops": "0.3", "keep_min": 0.125})
+    config = SearchConfig.from_dict({"model": "smallcnn", "dataset": "digits", "budget_flops": "0.3", "keep_min": 0.125,
+                                     "space": "fill"})
     space = space_of(config)
     assert space.shape == "fill"
     study = optuna.create_study(directions=["maximize", "minimize"])
