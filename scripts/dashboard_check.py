@@ -38,7 +38,7 @@ def get(url: str) -> dict:
         return json.loads(r.read())
 
 
-def check(storage: str, artifact_dir: str, screenshot: Path | None) -> dict:
+def check(storage: str, artifact_dir: str, screenshot: Path | None, study: str | None = None) -> dict:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     port = free_port()
     server = subprocess.Popen(["optuna-dashboard", storage, "--artifact-dir", artifact_dir, "--port", str(port),
@@ -53,7 +53,10 @@ def check(storage: str, artifact_dir: str, screenshot: Path | None) -> dict:
                 time.sleep(0.25)
         else:
             raise SystemExit("optuna-dashboard did not answer")
-        study_id = summaries[0]["study_id"]
+        chosen = [x for x in summaries if study in (None, x["study_name"])]
+        if not chosen:
+            raise SystemExit(f"no study {study!r} in {storage}")
+        study_id = chosen[0]["study_id"]
         detail = get(f"{base}/api/studies/{study_id}")
         trials = detail["trials"]
         found = {
@@ -103,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", required=True)
     p.add_argument("--artifact-dir", required=True)
     p.add_argument("--screenshot", help="PNG of the custom charts and the note")
+    p.add_argument("--study", help="study name (default: the first in the storage)")
     args = p.parse_args(argv)
-    found = check(args.storage, args.artifact_dir, Path(args.screenshot) if args.screenshot else None)
+    found = check(args.storage, args.artifact_dir, Path(args.screenshot) if args.screenshot else None, args.study)
     print(json.dumps({k: v for k, v in found.items() if k != "note"}, indent=1))
     ok = (found["charts"] and found["trials_with_feasibility"] == found["trials"]
           and found["trials_with_policy_artifact"] == found["complete_trials"] and "Budget" in found["note"]
