@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 
 FAST = ["--dataset", "digits", "--val-size", "300", "--dense-epochs", "4", "--finetune-steps", "15", "--no-references",
         "--threads", "1", "--quiet"]
@@ -57,7 +57,7 @@ def test_search_stores_a_real_multi_objective_study(searched):
 
 
 def test_front_prints_table_and_writes_files(searched):
-    r = run_cli("front", "--study", "digits-test", "--format", "json", cwd=searched)
+    r = run_in_process("front", "--study", "digits-test", "--format", "json", cwd=searched)
     assert r.returncode == 0, r.stderr
     front = json.loads(r.stdout)["front"]
     study = load(searched)
@@ -66,14 +66,14 @@ def test_front_prints_table_and_writes_files(searched):
     assert all(row["feasible"] for row in front)
     flops = [row["flops"] for row in front]
     assert flops == sorted(flops)
-    r = run_cli("front", "--study", "digits-test", cwd=searched)
+    r = run_in_process("front", "--study", "digits-test", cwd=searched)
     assert "feasible" in r.stdout and "dense" in r.stdout
     assert (searched / "studies" / "digits-test" / "front.csv").read_text().startswith("trial,feasible,accuracy")
 
 
 def test_resume_adds_trials_to_the_same_study(searched):
     before = len(load(searched).trials)
-    r = run_cli("search", "--budget-flops", "0.4", "--trials", "1", "--study", "digits-test", *FAST, cwd=searched)
+    r = run_in_process("search", "--budget-flops", "0.4", "--trials", "1", "--study", "digits-test", *FAST, cwd=searched)
     assert r.returncode == 0, r.stderr
     study = load(searched)
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 6 and len(study.trials) > before
@@ -143,7 +143,7 @@ def test_apply_policy_file_and_script(searched, tmp_path):
     study = load(searched)
     trial = study.best_trials[0]
     (tmp_path / "p.json").write_text(json.dumps(trial.user_attrs["policy"]))
-    r = run_cli("apply", "--study", "digits-test", "--policy", str(tmp_path / "p.json"), "--finetune-steps", "5",
+    r = run_in_process("apply", "--study", "digits-test", "--policy", str(tmp_path / "p.json"), "--finetune-steps", "5",
                 "--out", str(tmp_path / "y"), "--quiet", "--no-onnx", cwd=searched)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "y" / "report.json").read_text())["pruned"]["flops"] == trial.values[1]
@@ -164,7 +164,7 @@ BAD = [
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: cifar10, digits, fashion-mnist, imagefolder"),
     (["--methods", "l1,l3"], "unknown importance method 'l3'; valid choices: activation, fpgm, l1, l2, random, taylor, unstructured"),
     (["--sampler", "cmaes"], "unknown sampler 'cmaes'; valid choices: gp, nsga2, random, tpe"),
-    (["--space", "wide"], "unknown search space 'wide'; valid choices: blend, fill, free, local"),
+    (["--space", "wide"], "unknown search space 'wide'; valid choices: blend, fill, free, front, local"),
     (["--storage", "nosuchdb://x"], "cannot open storage 'nosuchdb://x'"),
     (["--checkpoint", "BADCKPT"], "cannot load checkpoint"),
     (["--budget-flops", "0.01"], "is below the smallest this search space reaches"),
@@ -198,7 +198,7 @@ def test_bad_input_in_a_real_process_is_one_line_and_exit_2(tmp_path):
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
-    r = run_cli("search", "--budget-flops", "0.5", "--data-root", str(tmp_path), "--no-download", "--quiet", cwd=tmp_path,
+    r = run_in_process("search", "--budget-flops", "0.5", "--data-root", str(tmp_path), "--no-download", "--quiet", cwd=tmp_path,
                 env={"AUTOPRUNE_DATASET_DIRS": str(tmp_path / "none")})
     assert r.returncode == 2 and "Fashion-MNIST not found" in r.stderr and "apt-get install dataset-fashion-mnist" in r.stderr
     assert "Traceback" not in r.stderr
@@ -208,9 +208,9 @@ def test_a_failing_run_leaves_the_stored_study_intact(searched):
     db = searched / "studies" / "digits-test.db"
     before = db.read_bytes()
     # a different budget for an existing study is refused before anything is written
-    r = run_cli("search", "--budget-flops", "0.3", "--study", "digits-test", *FAST, cwd=searched)
+    r = run_in_process("search", "--budget-flops", "0.3", "--study", "digits-test", *FAST, cwd=searched)
     assert r.returncode == 2 and "exists with a different setup (budget_flops: stored '0.4', now '0.3')" in r.stderr
-    r = run_cli("search", "--budget-flops", "0.4", "--study", "digits-test", "--sampler", "nope", *FAST, cwd=searched)
+    r = run_in_process("search", "--budget-flops", "0.4", "--study", "digits-test", "--sampler", "nope", *FAST, cwd=searched)
     assert r.returncode == 2
     assert db.read_bytes() == before
     assert len(load(searched).trials) > 0
