@@ -13,7 +13,7 @@ from torch import nn
 
 from autoprune.config import DEFAULT_METHODS, SearchConfig
 from autoprune.device import Runtime, resolve_device
-from autoprune.data import LazySplit, Split, TensorSplit, _labels, _Normalize
+from autoprune.data import LazySplit, Split, TensorSplit, ToFloat, labels_of
 from autoprune.errors import UserError
 from autoprune.pipeline import plan, search_model
 
@@ -27,8 +27,8 @@ def _split(data: Any, name: str) -> Split:
             raise UserError(f"{name} must be (inputs, labels) with one label per input; got {tuple(x.shape)}, "
                             f"{tuple(y.shape)}")
         return TensorSplit(x.float(), y.long())
-    labels = _labels(data, name)
-    return LazySplit(data, torch.arange(len(labels)), labels, _Normalize(None, None, None), name=name)
+    labels = labels_of(data, name)
+    return LazySplit(data, torch.arange(len(labels)), labels, ToFloat(None, None, None), name=name)
 
 
 def _state_sha256(model: nn.Module) -> str:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from autoprune.config import human
 
@@ -147,7 +146,3 @@ def publish(study: optuna.Study, references: dict[str, list[dict[str, float]]] |
         if studies.completed(study):
             optuna_dashboard.save_plotly_graph_object(study, front_figure(study, references), graph_object_id=FRONT_PLOT)
             optuna_dashboard.save_plotly_graph_object(study, keep_figure(study), graph_object_id=KEEP_PLOT)
-
-
-def trial_is_marked(trial: FrozenTrial) -> bool:
-    return "constraints" in trial.system_attrs

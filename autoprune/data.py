@@ -464,7 +464,7 @@ def digits(**_: object) -> RawData:
 
 
 # --------------------------------------------------------------------------- user datasets
-def _labels(dataset: Any, name: str) -> torch.Tensor:
+def labels_of(dataset: Any, name: str) -> torch.Tensor:
     """Every label of a user dataset, from ``targets`` if it has them, else item by item."""
     targets = getattr(dataset, "targets", None)
     try:
@@ -487,7 +487,7 @@ def user_dataset(train: Any, test: Any, *, name: str) -> LazyData:
                             "pairs (it needs __len__ and __getitem__)")
         if len(split) == 0:
             raise UserError(f"{name}: the {which} dataset is empty")
-    train_labels, test_labels = _labels(train, f"{name} (train)"), _labels(test, f"{name} (test)")
+    train_labels, test_labels = labels_of(train, f"{name} (train)"), labels_of(test, f"{name} (test)")
     h = hashlib.sha256(name.encode())
     for split, labels in ((train, train_labels), (test, test_labels)):
         h.update(labels.numpy().tobytes())
@@ -575,8 +575,9 @@ def make_task(raw: RawData | LazyData, *, dataset: str, val_size: int | None, sp
     )
 
 
-class _Normalize:
-    """Picklable per-channel normalisation after a transform (DataLoader workers pickle it)."""
+class ToFloat:
+    """An item as a float tensor: ``transform`` (decode, resize, augment) if any, uint8 scaled to
+    [0, 1], then per-channel normalisation if given. Picklable (DataLoader workers need it)."""
 
     def __init__(self, transform: Callable[[Any], torch.Tensor] | None, mean: torch.Tensor | None,
                  std: torch.Tensor | None) -> None:
@@ -593,7 +594,7 @@ class _Normalize:
 def _lazy_task(raw: LazyData, *, dataset: str, val_size: int | None, split_seed: int, stats_images: int) -> Task:
     n = len(raw.train_labels)
     val_idx, train_idx = _split_indices(n, val_size, split_seed)
-    plain = LazySplit(raw.train, train_idx, raw.train_labels[train_idx], _Normalize(raw.eval_transform, None, None),
+    plain = LazySplit(raw.train, train_idx, raw.train_labels[train_idx], ToFloat(raw.eval_transform, None, None),
                       name=dataset)
     sample = torch.randperm(len(plain), generator=torch.Generator().manual_seed(split_seed))[:stats_images]
     x, _ = plain.take(sample)
@@ -603,8 +604,8 @@ def _lazy_task(raw: LazyData, *, dataset: str, val_size: int | None, split_seed:
     if raw.normalize:
         mean = x.mean(dim=(0, 2, 3)).view(-1, 1, 1)
         std = x.std(dim=(0, 2, 3)).clamp_min(1e-6).view(-1, 1, 1)
-    train_tf = _Normalize(raw.train_transform or raw.eval_transform, mean, std)
-    eval_tf = _Normalize(raw.eval_transform, mean, std)
+    train_tf = ToFloat(raw.train_transform or raw.eval_transform, mean, std)
+    eval_tf = ToFloat(raw.eval_transform, mean, std)
     labels = torch.cat([raw.train_labels, raw.test_labels])
     h = hashlib.sha256(f"{dataset}|{raw.fingerprint}".encode())
     h.update(val_idx.numpy().tobytes())
