@@ -41,12 +41,14 @@ def dense_checkpoint_path(config: SearchConfig, task: Task) -> Path:
     return Path(config.cache_dir) / f"{task.dataset.replace(':', '_')}-{safe}-{key}.pt"
 
 
-def get_dense(config: SearchConfig, task: Task, *, progress: bool = True, runtime: Runtime | None = None) -> Dense:
-    """Load the user checkpoint, else the cached baseline, else train one (on the runtime's
-    device) and cache it. The model returned lives on the CPU."""
+def get_dense(config: SearchConfig, task: Task, *, progress: bool = True, runtime: Runtime | None = None,
+              path: Path | None = None) -> Dense:
+    """Load ``path`` (a study's checkpoint fetched for a worker), else the user checkpoint,
+    else the cached baseline, else train one (on the runtime's device) and cache it. The
+    model returned lives on the CPU."""
     model = skeleton(config, task)
-    if config.checkpoint:
-        path = Path(config.checkpoint).expanduser()
+    if path is not None or config.checkpoint:
+        path = Path(path or config.checkpoint).expanduser()
         load_weights(model, path)
         return Dense(model.eval(), path, file_sha256(path), trained=False)
     path = dense_checkpoint_path(config, task)

@@ -83,13 +83,47 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    "built-in datasets keep their own size")
     p.add_argument("--no-augment", dest="augment", action="store_const", const=False,
                    help="imagefolder: no random-resized crop and flip while training")
-    p.add_argument("--workers", type=int, help="DataLoader processes for data read per batch (default min(4, cores - 1))")
+    p.add_argument("--data-workers", type=int, help="DataLoader processes for data read per batch (default min(4, cores - 1))")
     p.add_argument("--seed", type=int, help="seed for the split-independent parts: baseline, sampler, fine-tune")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per physical core; with N workers "
-                   "use cores // N)")
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: torch's, one per physical core; "
+                   "with --workers N, cores // N)")
+    p.add_argument("--workers", type=int, help="search processes to run here, sharing --trials (default 1); the study is "
+                   "created first, then each worker samples with a seed of its own")
+    _fault_args(p)
     _device_args(p)
     p.add_argument("--amp", help="mixed precision on CUDA: bf16, fp16 or off (default)")
     p.add_argument("--out", help="folder for front.csv/json/png (default studies/<study>/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _fault_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heartbeat", type=int, help="seconds between a running trial's heartbeats (default 30); a trial "
+                   "whose worker missed 3 is failed and run again by the next worker")
+    p.add_argument("--db-retry", type=float, help="seconds to wait out an unreachable database before giving up "
+                   "(default 120)")
+
+
+def _worker_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="join an existing study and run its trials (here or on another machine)",
+                       description="Run trials of an existing study; the whole setup (model, data, budget, space) "
+                       "is read from the study, and the dense checkpoint is fetched from its artifact store by "
+                       "sha256.", epilog=EPILOG)
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
+    p.add_argument("--storage", required=True, help="SQLAlchemy URL of the study, e.g. postgresql+psycopg2://user@host/db")
+    p.add_argument("--study", help="study name (may be omitted when the storage holds one study)")
+    p.add_argument("--trials", type=int, help="trials to fine-tune in this worker (default: until the study holds "
+                   "the --trials it was created with)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--threads", type=int, help="CPU threads of this worker (default: torch's, one per physical core)")
+    _device_args(p)
+    p.add_argument("--data-root", help="the dataset's folder on this machine, if not where the study was created")
+    p.add_argument("--checkpoint", help="the study's dense checkpoint file on this machine (default: fetched from the "
+                   "study's artifact store, checked by sha256)")
+    p.add_argument("--artifact-dir", help="the study's artifact store as seen from this machine (a folder or s3://bucket)")
+    p.add_argument("--worker-index", type=int, help="this worker's index: its sampler seed comes from the study's seed "
+                   "and it (default: a random one)")
+    p.add_argument("--until", type=int, help=argparse.SUPPRESS)  # search --workers: stop at this many trained trials
+    _fault_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -108,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoprune", description="Search, browse and apply structured-pruning policies.", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
     _search_parser(sub)
+    _worker_parser(sub)
     p = sub.add_parser("front", help="show the Pareto front of a study (table, CSV, JSON, PNG)")
     _study_args(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="what to print on stdout")
@@ -121,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--policy", help="a policy.json file (e.g. edited by hand or exported elsewhere) instead of a trial")
     p.add_argument("--finetune-steps", type=int, default=1000, help="fine-tune mini-batches (default 1000)")
     p.add_argument("--data-root", help="dataset folder, if it moved since the search")
+    _checkpoint_args(p)
     _device_args(p)
     p.add_argument("--steps", "--prune-steps", dest="prune_steps", type=int, default=1,
                    help="reach the policy in this many pruning steps with fine-tuning between them; the total "
@@ -142,9 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1000, help="fine-tune steps per run (default 1000, as apply)")
     p.add_argument("--seeds", type=int, default=1, help="runs per trial, seeds seed..seed+N-1 of the study (default 1)")
     p.add_argument("--data-root", help="dataset folder, if it moved since the search")
+    _checkpoint_args(p)
     _device_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="the study's dense checkpoint file on this machine (default: the path it was "
+                   "searched with, else fetched from the study's artifact store; checked by sha256)")
+    p.add_argument("--artifact-dir", help="the study's artifact store as seen from this machine (a folder or s3://bucket)")
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
@@ -192,8 +235,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoprune.pipeline import run_search
 
     config = _config_from_args(args)
-    study, counts = run_search(config, progress=not args.quiet)
-    paths = report.write_front(study, _out_dir(args, study.study_name)) if studies.completed(study) else {}
+    out = _out_dir(args, config.study_name)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for front.csv/json/png")
+    if config.workers > 1:
+        from autoprune.workers import run_workers
+
+        study, counts = run_workers(config, progress=not args.quiet)
+    else:
+        study, counts = run_search(config, progress=not args.quiet)
+    paths = report.write_front(study, out) if studies.completed(study) else {}
     info = studies.info(study)
     print(f"\nstudy {study.study_name!r} in {config.storage_url}: {counts['complete']} trials fine-tuned, "
           f"{counts['early_stopped']} stopped early, "
@@ -203,6 +254,8 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"{human(info['dense']['flops'])}); dense search-val accuracy {info['dense']['val_accuracy']:.4f}")
     for reason, numbers in counts["failures"].items():
         print(f"failed trial(s) {', '.join(map(str, numbers))}: {reason}")
+    for line in counts.get("worker_errors", []):
+        print(line)
     for gid, why in (info.get("excluded") or {}).items():
         print(f"kept whole: {gid} ({why})")
     rows = report.front_rows(study)
@@ -213,14 +266,48 @@ def cmd_search(args: argparse.Namespace) -> int:
             print("\n" + report.format_references(study))
         print(f"\nfront: {paths['csv']}, {paths['json']}\nplot:  {paths['png']}")
     best = studies.best_feasible(study)
-    from autoprune.pipeline import artifact_dir
-
-    print(f"dashboard: optuna-dashboard {config.storage_url} --artifact-dir {artifact_dir(config)}")
+    print(f"dashboard: optuna-dashboard {config.storage_url} --artifact-dir {info['artifacts']}")
     if best is not None:
         print(f"apply the best feasible policy (trial {best.number}): autoprune apply --storage {config.storage_url} "
               f"--study {study.study_name} --best")
         print(f"or first re-score the top trials after a longer fine-tune: autoprune confirm --storage "
               f"{config.storage_url} --study {study.study_name} --top 3")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import secrets
+
+    from autoprune import study as studies
+    from autoprune.artifacts import dense_checkpoint
+    from autoprune.pipeline import run_search
+    from autoprune.workers import join_config, remaining
+
+    for flag, value in (("--trials", args.trials), ("--threads", args.threads), ("--until", args.until)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value} must be at least 1")
+    if args.worker_index is not None and args.worker_index < 0:
+        raise UserError(f"--worker-index {args.worker_index} must be >= 0")
+    study = studies.load(args.storage, args.study)
+    info = studies.info(study)
+    if info["dense"].get("checkpoint") is None:
+        raise UserError(f"study {study.study_name!r} was searched on an in-memory model through the Python API; "
+                        "join it from Python with autoprune.search(...) and the same model")
+    config = join_config(info, storage=args.storage, study=study.study_name, overrides={
+        "threads": args.threads, "device": args.device, "data_root": args.data_root, "timeout": args.timeout,
+        "heartbeat": args.heartbeat, "db_retry": args.db_retry, "artifact_dir": args.artifact_dir})
+    dense = dense_checkpoint(info["dense"], checkpoint=args.checkpoint, artifact_dir=args.artifact_dir,
+                             cache_dir=config.cache_dir)
+    trained = studies.trained_count(study)
+    until = args.until or (trained + args.trials if args.trials else remaining(info, trained))
+    index = args.worker_index if args.worker_index is not None else secrets.randbelow(2**31)
+    _set_threads(config.threads)
+    study, counts = run_search(config, progress=not args.quiet, dense_file=dense, worker=index, until=until)
+    print(f"worker {index} on study {study.study_name!r}: {counts['complete']} trials fine-tuned, "
+          f"{counts['early_stopped']} stopped early, {counts['infeasible']} rejected, {counts['failed']} failed; "
+          f"the study holds {studies.trained_count(study)} trained trials ({counts['seconds']:.0f} s)")
+    for reason, numbers in counts["failures"].items():
+        print(f"failed trial(s) {', '.join(map(str, numbers))}: {reason}")
     return 0
 
 
@@ -302,7 +389,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     report = apply_trial(study, trial_number=trial_number, policy_file=Path(args.policy) if args.policy else None,
                          out_dir=out, finetune_steps=args.finetune_steps, data_root=args.data_root,
                          device=args.device, onnx=args.onnx, quantize=args.quantize, prune_steps=args.prune_steps,
-                         progress=not args.quiet)
+                         progress=not args.quiet, checkpoint=args.checkpoint, artifact_dir=args.artifact_dir)
     print_report(report, out)
     return 0
 
@@ -338,7 +425,8 @@ def cmd_confirm(args: argparse.Namespace) -> int:
               f"(search {trial.values[0]:.4f}; {run['seconds']:.0f} s)", file=sys.stderr)
 
     confirm.confirm(study, trials, steps=args.steps, seeds=args.seeds, data_root=args.data_root,
-                    device=args.device, progress=not args.quiet, on_run=done)
+                    device=args.device, progress=not args.quiet, on_run=done, checkpoint=args.checkpoint,
+                    artifact_dir=args.artifact_dir)
     print(confirm.format_table(study, args.steps))
     best = confirm.best_confirmed(study)
     if best is not None:
@@ -347,27 +435,84 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the trial in flight is queued again, the study stays resumable."""
+
+    signal_name = "SIGTERM"
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+#: what an interrupt leaves behind, per command
+INTERRUPTED = {
+    "search": "interrupted; the trial in flight is queued again for the next worker, completed trials are stored, "
+              "and the study can be resumed",
+    "worker": "interrupted; the trial in flight is queued again for the next worker, completed trials are stored",
+    "apply": "interrupted; nothing was exported",
+    "confirm": "interrupted; the confirmed runs so far are stored in the study, and confirm resumes from them",
+    "sensitivity": "interrupted; the groups analysed so far are lost, nothing was written",
+    "front": "interrupted",
+}
+
+
+def _storage_outage(exc: BaseException) -> BaseException | None:
+    """The StorageUnavailable that ``exc`` was raised from, if any (Optuna may raise another
+    error while handling it)."""
+    from autoprune.storage import StorageUnavailable
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, StorageUnavailable):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*experimental.*")
     parser = build_parser()
     args = parser.parse_args(argv)
+    import signal
+
     import optuna
 
     # failed trials get one line each from autoprune (with the reason stored); Optuna's warning would add a traceback
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if args.command in ("search", "worker", "confirm") else None
     try:
-        commands = {"search": cmd_search, "sensitivity": cmd_sensitivity, "front": cmd_front, "apply": cmd_apply,
-                    "confirm": cmd_confirm}
+        commands = {"search": cmd_search, "worker": cmd_worker, "sensitivity": cmd_sensitivity, "front": cmd_front,
+                    "apply": cmd_apply, "confirm": cmd_confirm}
         return commands[args.command](args)
     except UserError as exc:
         if getattr(args, "debug", False):
             traceback.print_exception(exc)
         print(f"autoprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; completed trials are stored and the study can be resumed", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(INTERRUPTED[args.command], file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    except BrokenPipeError:
+        # the reader went away (front | head -1): say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        outage = _storage_outage(exc)
+        if outage is None:
+            raise
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc)
+        print(f"autoprune {args.command}: error: {outage}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,10 @@ class SearchConfig:
     threads: int | None = None  # torch CPU threads; None: torch's default (one per physical core)
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N, mps
     amp: str = "off"  # autocast on CUDA: bf16, fp16 or off
-    workers: int | None = None  # DataLoader processes for data read per batch; None: min(4, cores - 1)
+    data_workers: int | None = None  # DataLoader processes for data read per batch; None: min(4, cores - 1)
+    workers: int = 1  # search processes started on this machine (search --workers N)
+    heartbeat: int = 30  # seconds between a running trial's heartbeats; 3 missed: the trial is retried
+    db_retry: float = 120.0  # seconds a worker waits out an unreachable database before it gives up
     # space
     space: str = "front"  # "front": relative widths scaled to spend a sampled share of the budget (a curve);
     # "fill": relative widths scaled to spend the whole budget; "free": absolute keep levels;
@@ -126,7 +129,7 @@ class SearchConfig:
     @property
     def loader_workers(self) -> int:
         """DataLoader worker processes for data read per batch (in-memory data uses none)."""
-        return self.workers if self.workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
+        return self.data_workers if self.data_workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
 
     @property
     def keep_levels(self) -> list[float]:
@@ -184,13 +187,13 @@ class SearchConfig:
             raise bad(f"keep levels need 0 < keep_min ({self.keep_min}) <= keep_max ({self.keep_max}) <= 1")
         if self.keep_step <= 0 or abs((self.keep_max - self.keep_min) / self.keep_step - round((self.keep_max - self.keep_min) / self.keep_step)) > 1e-6:
             raise bad(f"keep_step {self.keep_step} must be > 0 and divide keep_max - keep_min ({self.keep_max - self.keep_min:g})")
-        positive = ("trials", "prune_steps", "val_size", "dense_epochs", "batch_size", "round_to", "min_channels", "calib_images", "image_size",
+        positive = ("trials", "workers", "heartbeat", "prune_steps", "val_size", "dense_epochs", "batch_size", "round_to", "min_channels", "calib_images", "image_size",
                     "reconstruct_images")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(f"{name} = {getattr(self, name)} must be >= 1")
-        if self.workers is not None and self.workers < 0:
-            raise bad(f"workers = {self.workers} must be >= 0")
+        if self.data_workers is not None and self.data_workers < 0:
+            raise bad(f"data_workers = {self.data_workers} must be >= 0")
         if self.amp not in AMP:
             raise unknown_choice("amp setting", self.amp, AMP)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device.strip().lower()):

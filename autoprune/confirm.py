@@ -102,13 +102,15 @@ def confirm(
     device: str | None = None,
     progress: bool = False,
     on_run: Callable[[FrozenTrial, dict[str, Any]], None] | None = None,
+    checkpoint: str | None = None,
+    artifact_dir: str | None = None,
 ) -> dict[int, list[float]]:
     """Recover each trial's policy ``seeds`` times for ``steps`` fine-tune steps and score it on
     search-val; runs already stored (same steps and seed) are not repeated. Returns the
     accuracies at ``steps`` per trial."""
     from autoprune.device import torch_threads
     from autoprune.policy import Policy
-    from autoprune.replay import prepare, recover
+    from autoprune.replay import dense_file, prepare, recover
     from autoprune.task import runtime_of
     from autoprune.train import evaluate
 
@@ -116,8 +118,9 @@ def confirm(
         raise UserError(f"--steps {steps} must be at least 1")
     if seeds < 1:
         raise UserError(f"--seeds {seeds} must be at least 1")
-    config, task, _, pruner = prepare(studies.info(study), study_name=study.study_name, data_root=data_root,
-                                      device=device)
+    info = studies.info(study)
+    config, task, _, pruner = prepare(info, study_name=study.study_name, data_root=data_root, device=device,
+                                      checkpoint=dense_file(info, checkpoint, artifact_dir, progress))
     rt = runtime_of(config, task)
     with torch_threads(config.threads):
         for trial in trials:

@@ -27,19 +27,6 @@ FRONT_PLOT = "autoprune-front"
 KEEP_PLOT = "autoprune-keep-ratios"
 
 
-def default_artifact_dir(storage_url: str, study_name: str) -> Path:
-    """Next to a SQLite file (``studies/x.db`` -> ``studies/x-artifacts/``), else ``studies/artifacts``."""
-    if storage_url.startswith("sqlite:///") and ":memory:" not in storage_url:
-        db = Path(storage_url[len("sqlite:///"):])
-        return db.with_name(db.stem + "-artifacts")
-    return Path("studies") / "artifacts"
-
-
-def artifact_store(directory: Path) -> optuna.artifacts.FileSystemArtifactStore:
-    directory.mkdir(parents=True, exist_ok=True)
-    return optuna.artifacts.FileSystemArtifactStore(str(directory))
-
-
 def mark_constraints(trial: optuna.Trial, violations: dict[str, float]) -> None:
     """The legacy ``constraints`` list optuna-dashboard reads (values <= 0 are feasible)."""
     trial.study._storage.set_trial_system_attr(trial._trial_id, "constraints", [float(v) for v in violations.values()])

@@ -23,7 +23,7 @@ from autoprune.errors import UserError
 from autoprune.measure import count_flops, count_nonzeros, count_params, latency_ms
 from autoprune.policy import Policy
 from autoprune.prune import apply_policy
-from autoprune.replay import prepare, recover
+from autoprune.replay import dense_file, prepare, recover
 from autoprune.task import runtime_of
 from autoprune.train import evaluate, load_weights, model_device, save_state
 
@@ -41,17 +41,22 @@ def apply_trial(
     quantize: str | None = None,
     prune_steps: int = 1,
     progress: bool = True,
+    checkpoint: str | None = None,
+    artifact_dir: str | None = None,
 ) -> dict[str, Any]:
     """Re-apply a trial's policy (or the policy in ``policy_file``) to the study's dense
     checkpoint, fine-tune, evaluate on the test split, export. ``device`` overrides the
-    study's (a study searched on a GPU can be applied on a CPU, and the reverse)."""
+    study's (a study searched on a GPU can be applied on a CPU, and the reverse).
+    ``checkpoint`` / ``artifact_dir``: where the dense checkpoint is, if not where the study
+    says (:func:`autoprune.artifacts.dense_checkpoint`)."""
     info = studies.info(study)
     if policy_file is not None:
         policy, trial = Policy.load(policy_file), None
     else:
         trial = choose_trial(study, trial_number)
         policy = Policy.from_dict(trial.user_attrs["policy"], source=f"trial {trial.number} policy")
-    config, task, dense, pruner = prepare(info, study_name=study.study_name, data_root=data_root, device=device)
+    config, task, dense, pruner = prepare(info, study_name=study.study_name, data_root=data_root, device=device,
+                                          checkpoint=dense_file(info, checkpoint, artifact_dir, progress))
     rt = runtime_of(config, task)
     example = task.example_input()
     source = f"trial {trial.number}" if trial else str(policy_file)

@@ -15,7 +15,7 @@ import optuna
 import torch
 from torch import nn
 
-from autoprune import dashboard, reference, sensitivity
+from autoprune import artifacts, dashboard, reference, sensitivity
 from autoprune import study as studies
 from autoprune.baseline import get_dense, skeleton
 from autoprune.config import SearchConfig, human, resolve_budget
@@ -240,13 +240,23 @@ def search_model(
     progress: bool = True,
     runtime: Runtime | None = None,
     bn_data: Split | None = None,
+    dense_file: Path | None = None,
+    worker: int | None = None,
+    until: int | None = None,
+    setup_only: bool = False,
 ) -> tuple[optuna.Study, dict[str, Any]]:
     """Create or resume the study and run the trials. ``dense`` is trained already and lives
     on the CPU (trials prune there, then train and score on ``runtime.device``). Runs on
-    ``config.threads`` CPU threads, if set; the caller's setting is restored afterwards."""
+    ``config.threads`` CPU threads, if set; the caller's setting is restored afterwards.
+
+    ``dense_file``: its checkpoint, put in the study's artifact store when the study is
+    created. ``worker``: this process's index among several (its sampler seed; None: alone).
+    ``until``: stop when the study holds this many trained trials (several workers share the
+    count) instead of after ``config.trials`` of this process. ``setup_only``: create the
+    study (warm start, reference curves) and run no trial, for workers to join."""
     rt = runtime if runtime is not None else Runtime()
     with torch_threads(config.threads):
-        storage = studies.open_storage(config.storage_url)
+        storage = studies.open_storage(config.storage_url, heartbeat=config.heartbeat, outage_s=config.db_retry)
         bn = bn_data if bn_data is not None else train
         with torch.no_grad():
             scored = dense if rt.device.type == "cpu" else copy.deepcopy(dense).to(rt.device)
@@ -267,10 +277,17 @@ def search_model(
         stored = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == config.study_name), None)
         anchor, analysis = local_anchor(stored, config, lambda: sensitivity_policy(
             pruner, the_plan.budget, config, bn, val, progress=progress, runtime=rt))
+        location = artifacts.absolute(artifact_location(config, stored))
+        attrs["artifacts"] = location
         study, resumed = studies.create_or_resume(
             storage, config.study_name, attrs=attrs, sampler=config.sampler, seed=config.seed,
-            params_objective=config.params_objective,
+            params_objective=config.params_objective, worker=worker,
         )
+        if not resumed and dense_file is not None:
+            # workers, apply and confirm on other machines fetch it from there by sha256
+            info = studies.info(study)
+            info["dense"]["artifact"] = {"store": location, "id": artifacts.upload_dense(study, dense_file, location)}
+            study.set_user_attr(studies.ATTR, info)
         if analysis is not None:
             study.set_user_attr("sensitivity", analysis)
         if anchor is not None and ANCHOR_ATTR not in study.user_attrs:
@@ -287,7 +304,7 @@ def search_model(
             ),
             params_objective=config.params_objective,
             reconstruct_x=reconstruction_images(config, bn) if config.reconstruct else None,
-            artifacts=dashboard.artifact_store(artifact_dir(config)),
+            artifacts=artifacts.store_at(location),
         )
         if config.references and REFERENCES_ATTR not in study.user_attrs:
             targets = reference.levels(the_plan.budget.flops, config.front_floor)
@@ -301,8 +318,12 @@ def search_model(
                 cache_dir=Path(config.cache_dir), key=f"{dense_info.get('sha256')}|{train.digest()}|{val.digest()}")
             study.set_user_attr(REFERENCES_ATTR, {"curves": curves, "steps": config.finetune_steps})
         dashboard.publish(study)
+        if setup_only:
+            return study, {}
         try:
-            counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress)
+            counts = studies.optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress,
+                                      until=until, worker={"index": worker, "threads": torch.get_num_threads(),
+                                                           "device": rt.describe()})
         finally:
             dashboard.publish(study)  # the note and charts follow the trials, also after Ctrl-C
         return study, counts
@@ -312,10 +333,25 @@ def search_model(
 REFERENCES_ATTR = "references"
 
 
-def artifact_dir(config: SearchConfig) -> Path:
-    """Where trial artifacts (policy.json) go: ``artifact_dir``, or next to a SQLite study."""
-    return Path(config.artifact_dir) if config.artifact_dir else dashboard.default_artifact_dir(
-        config.storage_url, config.study_name)
+def artifact_location(config: SearchConfig, stored: dict[str, Any] | None = None) -> str:
+    """Where the study's artifacts go (policy.json per trial, the dense checkpoint):
+    ``artifact_dir`` if given, else where the study already keeps them, else next to a SQLite
+    study (``studies/x.db`` -> ``studies/x-artifacts/``)."""
+    if config.artifact_dir:
+        return config.artifact_dir
+    if stored and stored.get(studies.ATTR, {}).get("artifacts"):
+        return stored[studies.ATTR]["artifacts"]
+    return artifacts.default_location(config.storage_url, config.study_name)
+
+
+def storage_ready(config: SearchConfig) -> None:
+    """Before any data is read or a model trained: the storage can be written, and the
+    artifact store is a folder (or a bucket)."""
+    from autoprune.storage import check_writable
+
+    check_writable(config.storage_url)
+    if config.artifact_dir and not config.artifact_dir.startswith("s3://") and Path(config.artifact_dir).is_file():
+        raise UserError(f"artifact_dir {config.artifact_dir} is a file, not a folder")
 
 
 def check_resumable(config: SearchConfig) -> None:
@@ -329,22 +365,29 @@ def check_resumable(config: SearchConfig) -> None:
             studies.check_identity(config.study_name, summary.user_attrs.get(studies.ATTR), config.to_dict())
 
 
-def run_search(config: SearchConfig, *, progress: bool = True) -> tuple[optuna.Study, dict[str, Any]]:
-    """The ``autoprune search`` command: everything up to a stored study."""
+def run_search(config: SearchConfig, *, progress: bool = True, dense_file: Path | None = None,
+               worker: int | None = None, until: int | None = None,
+               setup_only: bool = False) -> tuple[optuna.Study, dict[str, Any]]:
+    """The ``autoprune search`` command: everything up to a stored study. ``dense_file``: the
+    dense checkpoint to load (a worker joining a study); the other arguments: see
+    :func:`search_model`."""
     t0 = time.perf_counter()
     with torch_threads(config.threads):
-        study, counts = _run_search(config, progress=progress)
+        study, counts = _run_search(config, progress=progress, dense_file=dense_file, worker=worker, until=until,
+                                    setup_only=setup_only)
     counts["seconds"] = round(time.perf_counter() - t0, 1)
     return study, counts
 
 
-def _run_search(config: SearchConfig, *, progress: bool) -> tuple[optuna.Study, dict[str, Any]]:
+def _run_search(config: SearchConfig, *, progress: bool, dense_file: Path | None, worker: int | None,
+                until: int | None, setup_only: bool) -> tuple[optuna.Study, dict[str, Any]]:
+    storage_ready(config)
     task = load_config_task(config)
     runtime = runtime_of(config, task)
     example = task.example_input()
     the_plan = plan(skeleton(config, task), example, config)
     check_resumable(config)
-    dense = get_dense(config, task, progress=progress, runtime=runtime)
+    dense = get_dense(config, task, progress=progress, runtime=runtime, path=dense_file)
     if progress:
         print(f"dense {config.model}: {human(the_plan.dense_flops)} FLOPs, {human(the_plan.dense_params)} params; "
               f"budget {human(the_plan.budget.flops)} FLOPs; {the_plan.groups} prunable groups; on {runtime.describe()}",
@@ -355,6 +398,7 @@ def _run_search(config: SearchConfig, *, progress: bool) -> tuple[optuna.Study, 
         dense=dense.model, train=task.train, val=task.val, bn_data=task.plain_train,
         example_input=example, config=config, the_plan=the_plan,
         dense_info={"checkpoint": str(Path(dense.checkpoint).resolve()), "sha256": dense.sha256},
-        progress=progress, runtime=runtime,
+        progress=progress, runtime=runtime, dense_file=Path(dense.checkpoint), worker=worker, until=until,
+        setup_only=setup_only,
     )
     return study, counts

@@ -23,11 +23,9 @@ from autoprune.task import calibration_of, load_config_task
 from autoprune.train import file_sha256, load_weights, recover_model
 
 
-def load_dense(info: dict[str, Any], config: SearchConfig, task: Task) -> nn.Module:
-    """The study's dense model, from the checkpoint it was searched on (refused if it changed)."""
-    path = Path(info["dense"]["checkpoint"])
-    if not path.is_file():
-        raise UserError(f"the study's dense checkpoint {path} is missing (re-run the search on this machine, or copy it there)")
+def load_dense(info: dict[str, Any], config: SearchConfig, task: Task, path: Path) -> nn.Module:
+    """The study's dense model, from ``path``: a copy of the checkpoint it was searched on,
+    verified by sha256 (see :func:`autoprune.artifacts.dense_checkpoint`)."""
     if file_sha256(path) != info["dense"]["sha256"]:
         raise UserError(f"dense checkpoint {path} changed since the search (sha256 differs); refusing to use it")
     model = skeleton(config, task)
@@ -35,12 +33,24 @@ def load_dense(info: dict[str, Any], config: SearchConfig, task: Task) -> nn.Mod
     return model.eval()
 
 
-def prepare(info: dict[str, Any], *, study_name: str, data_root: str | None = None, device: str | None = None
-            ) -> tuple[SearchConfig, Task, nn.Module, Pruner]:
-    """The stored config, the task, the verified dense model and a pruner for them, with the
-    search's calibration images (so taylor / activation rank channels as they did). ``device``
-    overrides the stored one: a study searched on a GPU is applied on a CPU, and the reverse."""
-    if info["dense"].get("checkpoint") is None:
+def dense_file(info: dict[str, Any], checkpoint: str | None, artifact_dir: str | None, progress: bool
+               ) -> Path | None:
+    """A local copy of the study's dense checkpoint (None for a study of an in-memory model)."""
+    if info["dense"].get("sha256") is None or (info["dense"].get("checkpoint") is None and not checkpoint):
+        return None
+    from autoprune.artifacts import dense_checkpoint
+
+    return dense_checkpoint(info["dense"], checkpoint=checkpoint, artifact_dir=artifact_dir,
+                            cache_dir=info["config"].get("cache_dir", "studies/checkpoints"))
+
+
+def prepare(info: dict[str, Any], *, study_name: str, checkpoint: Path | None, data_root: str | None = None,
+            device: str | None = None) -> tuple[SearchConfig, Task, nn.Module, Pruner]:
+    """The stored config, the task, the verified dense model (from ``checkpoint``, a local
+    copy of the study's) and a pruner for them, with the search's calibration images (so
+    taylor / activation rank channels as they did). ``device`` overrides the stored one: a
+    study searched on a GPU is applied on a CPU, and the reverse."""
+    if info["dense"].get("checkpoint") is None or checkpoint is None:
         raise UserError(
             f"study {study_name!r} was searched on an in-memory model through the Python API; apply its "
             "policies in Python: autoprune.apply_policy(model, autoprune.Policy.from_dict(trial.user_attrs['policy']), ...)"
@@ -51,7 +61,7 @@ def prepare(info: dict[str, Any], *, study_name: str, data_root: str | None = No
     if device:
         config.device = device
     task = load_config_task(config)
-    dense = load_dense(info, config, task)
+    dense = load_dense(info, config, task, checkpoint)
     pruner = Pruner(
         dense, task.example_input(), ignored=info["ignored"],
         calibration=calibration_of(config, task.plain_train),

@@ -3,11 +3,13 @@ reading results back. The config and dense-model facts live in the study's user 
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import socket
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -15,6 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import UserError, unknown_choice
 from autoprune.objective import METRIC_NAMES, TrialFailed
+from autoprune.storage import DEFAULT_HEARTBEAT, DEFAULT_OUTAGE_S, ResilientStorage, retry_trial
+from autoprune.storage import open_storage as _open
 
 ATTR = "autoprune"
 #: Config fields that define what a study compares; resuming with other values is refused.
@@ -27,27 +31,10 @@ IDENTITY_DEFAULTS: dict[str, Any] = {"reconstruct": False, "prune_stem": False, 
                                      "front_floor": 0.25}
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage for any SQLAlchemy URL, with heartbeats so that a killed worker's trial
-    is failed and retried by the next worker. A bad URL is a one-line :class:`UserError`."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=60,
-                grace_period=180,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
-    except Exception as exc:  # sqlalchemy.exc.ArgumentError, OperationalError, ModuleNotFoundError
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        raise UserError(
-            f"cannot open storage {url!r}: {lines[0][:300]} "
-            "(expected an SQLAlchemy URL such as sqlite:///studies/x.db or "
-            "postgresql+psycopg2://user@host/db)"
-        ) from None
+def open_storage(url: str, *, heartbeat: int = DEFAULT_HEARTBEAT, outage_s: float = DEFAULT_OUTAGE_S,
+                 create: bool = True) -> ResilientStorage:
+    """See :func:`autoprune.storage.open_storage`."""
+    return _open(url, heartbeat=heartbeat, outage_s=outage_s, create=create)
 
 
 def make_sampler(name: str, *, seed: int) -> optuna.samplers.BaseSampler:
@@ -70,9 +57,10 @@ def create_or_resume(
     sampler: str,
     seed: int,
     params_objective: bool,
+    worker: int | None = None,
 ) -> tuple[optuna.Study, bool]:
     """The study ``name``, created with ``attrs`` stored, or resumed if its stored identity
-    matches. Returns (study, resumed)."""
+    matches. Returns (study, resumed). The sampler's seed: see :func:`sampler_seed`."""
     existing = {s.study_name: s for s in storage.get_all_studies()}
     n_obj = 3 if params_objective else 2
     if name in existing:
@@ -89,16 +77,28 @@ def create_or_resume(
                 f"{old['dense']['sha256'][:12]}); use --study NEW_NAME for this one"
             )
         n_done = len(storage.get_all_trials(existing[name]._study_id, deepcopy=False))
-        study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(sampler, seed=seed + n_done))
+        study = optuna.load_study(study_name=name, storage=storage,
+                                  sampler=make_sampler(sampler, seed=sampler_seed(seed, worker, n_done)))
         return study, True
     directions = ["maximize", "minimize", "minimize"][:n_obj]
     study = optuna.create_study(study_name=name, storage=storage, directions=directions,
-                                sampler=make_sampler(sampler, seed=seed))
+                                sampler=make_sampler(sampler, seed=sampler_seed(seed, worker, 0)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(METRIC_NAMES[:n_obj]))
     study.set_user_attr(ATTR, attrs)
     return study, False
+
+
+def sampler_seed(seed: int, worker: int | None, n_done: int) -> int:
+    """The sampler's seed. One process alone (``worker`` None): ``seed`` plus the trials the
+    study already holds, so a search, and each resumption of it, samples reproducibly.
+    Worker ``k`` of several: a seed drawn from (seed, k, trials held), so workers started
+    together sample different policies, and worker k of a rerun samples as it did."""
+    if worker is None:
+        return seed + n_done
+    digest = hashlib.sha256(f"autoprune-worker:{seed}:{worker}:{n_done}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def check_identity(name: str, stored: dict[str, Any] | None, config: dict[str, Any]) -> None:
@@ -119,10 +119,9 @@ def check_identity(name: str, stored: dict[str, Any] | None, config: dict[str, A
 
 
 def load(storage_url: str, name: str | None) -> optuna.Study:
-    """An existing autoprune study; ``name`` may be omitted when the storage holds one study."""
-    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).expanduser().is_file():
-        raise UserError(f"no study database at {storage_url} (run 'autoprune search' first, or pass --storage)")
-    storage = open_storage(storage_url)
+    """An existing autoprune study; ``name`` may be omitted when the storage holds one study.
+    Nothing is written to a storage that holds no study."""
+    storage = open_storage(storage_url, create=False)
     studies = storage.get_all_studies()
     names = [s.study_name for s in studies]
     if name is None:
@@ -188,10 +187,15 @@ def optimize(
     trials: int,
     timeout: float | None,
     progress: bool = True,
+    until: int | None = None,
+    worker: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run until ``trials`` trials have been fine-tuned, fully or until stopped early
     (over-budget policies are rejected before any training and do not count), or
-    ``timeout`` seconds. Returns counts."""
+    ``timeout`` seconds; with ``until``, until the study holds that many trained trials,
+    whoever trained them (several workers). Each trial records ``worker`` (this process's
+    index, threads, device) as a user attribute. A trial interrupted by Ctrl-C or SIGTERM
+    is failed and queued again for the next worker, then the interrupt goes on. Returns counts."""
     counts: dict[str, Any] = {"complete": 0, "early_stopped": 0, "infeasible": 0, "failed": 0}
     reasons: dict[str, list[int]] = {}  # why trials failed -> their numbers
     counts["failures"] = reasons
@@ -233,19 +237,72 @@ def optimize(
         if bar is not None:
             bar.set_postfix(best_acc=f"{best[0]:.4f}" if best[0] > -math.inf else "-",
                             stopped=counts["early_stopped"], rejected=counts["infeasible"])
-        if counts["complete"] + counts["early_stopped"] >= trials:
+        if until is not None:
+            if trained_count(study) >= until:
+                study.stop()
+        elif counts["complete"] + counts["early_stopped"] >= trials:
             study.stop()
         elif counts["infeasible"] >= max_infeasible:
             print(f"\nstopping: {counts['infeasible']} sampled policies were over budget; "
                   "loosen the budget or lower keep_min", file=sys.stderr)
             study.stop()
 
+    running: list[int] = []  # the storage id of the trial in flight
+
+    def tagged(trial: optuna.Trial) -> Any:
+        running[:] = [trial._trial_id]
+        if worker is not None:
+            trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), **worker})
+        try:
+            return objective(trial)
+        except KeyboardInterrupt as exc:
+            trial.set_user_attr("reason", f"interrupted ({getattr(exc, 'signal_name', 'Ctrl-C')}); queued again")
+            raise
+
+    if until is not None and trained_count(study) >= until:
+        return counts
     try:
         # A trial that fails (the objective stores why) is recorded as failed instead of ending
         # the search; three failures in a row end it.
-        study.optimize(objective, n_trials=None, timeout=timeout, callbacks=[callback], gc_after_trial=False,
+        study.optimize(tagged, n_trials=None, timeout=timeout, callbacks=[callback], gc_after_trial=False,
                        catch=(TrialFailed,))
+    except KeyboardInterrupt:
+        if running:
+            requeue(study, running[0])
+        raise
     finally:
         if bar is not None:
             bar.close()
     return counts
+
+
+def trained_count(study: optuna.Study) -> int:
+    """Trials fine-tuned in the study: completed, or stopped early."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+               if t.state == TrialState.COMPLETE or t.user_attrs.get("early_stopped"))
+
+
+def requeue(study: optuna.Study, trial_id: int) -> None:
+    """Fail the interrupted trial ``trial_id`` (unless it finished) and queue a copy of it, so
+    that the next worker runs it again (Optuna's retry of a stale trial, at once)."""
+    storage = study._storage
+    trial = storage.get_trial(trial_id)
+    if trial.state == TrialState.RUNNING:
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    elif trial.state != TrialState.FAIL:
+        return  # it finished (completed, or rejected) before the interrupt
+    retry_trial(study, storage.get_trial(trial_id))
+
+
+def failure_reason(trial: FrozenTrial, retried_as: dict[int, int]) -> str:
+    """Why a failed trial failed; ``retried_as``: failed trial number -> the number of its retry."""
+    reason = trial.user_attrs.get("reason") or (
+        "its worker stopped (no heartbeat)" if trial.number in retried_as else "failed (no reason stored)")
+    if trial.number in retried_as and "queued again" not in reason:
+        reason += "; queued again"
+    return reason
+
+
+def retries(trials: list[FrozenTrial]) -> dict[int, int]:
+    """Failed trial number -> the trial that runs it again (Optuna's retry bookkeeping)."""
+    return {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}

@@ -69,7 +69,7 @@ def search(root: Path, work: Path, checkpoint: Path, args: argparse.Namespace) -
     cmd = [sys.executable, "-m", "autoprune", "search", "--dataset", "imagefolder", "--data-root", str(root),
            "--model", "resnet18", "--image-size", "224", "--checkpoint", str(checkpoint), "--budget-flops", "0.5",
            "--trials", str(args.trials), "--finetune-steps", str(args.steps), "--batch-size", "32",
-           "--bn-batches", "2", "--val-size", "200", "--methods", "l1,fpgm", "--workers", "2",
+           "--bn-batches", "2", "--val-size", "200", "--methods", "l1,fpgm", "--data-workers", "2",
            "--threads", str(args.threads), "--device", "cpu", "--quiet", "--study", f"bench-{root.name}",
            "--storage", f"sqlite:///{work}/bench-{root.name}.db", "--out", str(work / root.name)]
     # a fresh wrapper process per search: its RUSAGE_CHILDREN peak is this search's alone

@@ -18,6 +18,9 @@ evaluated on the TEST split, over several recovery seeds:
   b) uniform:   one keep ratio for every group, L1 importance, ratio solved for the budget;
   c) global:    Torch-Pruning's global magnitude ranking (BasePruner, global_pruning=True),
                 pruning ratio solved for the budget;
+  bx) uniform, equal total compute: (b) fine-tuned for as many steps as a's search spent
+                (its trials and the reference curves' points at --search-steps each) plus the
+                recovery: what search buys over "just fine-tune longer";
   d) random:    best of N random feasible policies (random sampler, same trials and steps as a);
   e) sensitivity: the sensitivity-derived policy that ``--warm-start sensitivity`` enqueues,
                 recovered on its own (no search);
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refit-trials", type=int, default=200, help="trials of contender ar")
     p.add_argument("--refit-steps", type=int, default=0, help="fine-tune steps of contender ar's trials")
     p.add_argument("--contenders", default="dense,a,b,c,d",
-                   help="which of dense,a,as,al,alc,ab,abc,ar,b,c,d,e to run (default all but e); split them over processes with their own "
+                   help="which of dense,a,as,al,alc,ab,abc,ar,b,bx,c,d,e to run (default all but e); split them over processes with their own "
                         "--out and --storage, then --merge the outs")
     p.add_argument("--merge", nargs="+", default=[], metavar="JSON",
                    help="merge the rows of these outputs (runs of different --contenders) into --out, then report")
@@ -205,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         example = pruner.example_input
         dense_flops = count_flops(dense, example)
 
-        def row(name: str, model, note: str, compute: str = "", example=example, task=task, policy=None) -> dict:
-            accs = [recover(model, task, seed, args.recovery_steps) for seed in range(args.seeds)]
+        def row(name: str, model, note: str, compute: str = "", example=example, task=task, policy=None,
+                steps: int = args.recovery_steps) -> dict:
+            accs = [recover(model, task, seed, steps) for seed in range(args.seeds)]
             r = {"contender": name, "note": note, "test_acc_mean": statistics.mean(accs),
                  "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "accs": accs,
                  "flops": count_flops(model, example), "params": count_params(model),
@@ -241,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             rows = [task_res["dense"]] if "dense" in task_res else []
             t0 = time.process_time()
             tag = f"{task_name}-{budget}-{args.space}-{args.trials}{'-stem' if args.prune_stem else ''}"
+            a_trials = None  # a's fine-tuned trials, for bx
             if "a" in which:
                 policy, best, n, cpu = search_best(base, "tpe", args.trials, args.search_steps, budget,
                                                    f"{tag}-tpe", args.storage)
-                rows.append(row("a) autoprune (TPE)", pruner.apply(policy)[0], f"trial {best.number}",
+                a_trials = n
+                rows.append(row(f"a) autoprune (TPE, {args.space} space)", pruner.apply(policy)[0], f"trial {best.number}",
                                 f"{n} trials, {cpu:.0f} s", policy=policy))
             if "as" in which:
                 wall = time.perf_counter()
@@ -295,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
             if "b" in which:
                 model, note = uniform_model(pruner, target)
                 rows.append(row("b) uniform L1", model, note, "none"))
+            if "bx" in which:
+                # the default search also fine-tunes the reference curves: 2 rules x 3 levels
+                from autoprune.reference import levels
+                points = 2 * len(levels(target, 0.25)) if args.space == "front" else 0
+                n = a_trials if a_trials is not None else args.trials
+                steps = (n + points) * args.search_steps + args.recovery_steps
+                model, note = uniform_model(pruner, target)
+                rows.append(row(f"bx) uniform L1, {steps} fine-tune steps (a's {n} trials + {points} reference points "
+                                f"x {args.search_steps}, + {args.recovery_steps})", model, note, "none", steps=steps))
             if "c" in which:
                 model, note = global_model(dense, example, ignored, target)
                 rows.append(row("c) global magnitude (Torch-Pruning)", model, note, "none"))
@@ -453,6 +468,8 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
                 name += ", local space"
             if name.startswith("ab)"):
                 name += ", blend space"
+            if name.startswith("bx)"):
+                name = "bx) uniform L1, equal total compute"
             if name.startswith(("abc)", "alc)")):
                 name = name.split(",")[0] + ", best of its top trials confirmed"
             series.setdefault(name, []).append(
@@ -460,7 +477,7 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"a": ("o", "C3"), "a2": ("x", "C7"), "ar": ("*", "C6"), "as": ("h", "C8"), "al": ("p", "C9"),
               "ab": ("X", "C3"), "abc": ("o", "C4"), "alc": ("d", "C9"), "a3": ("v", "C4"), "a'": ("v", "C4"),
-              "b": ("s", "C0"), "c": ("^", "C2"), "d": ("D", "C1"), "e": ("P", "C5")}
+              "b": ("s", "C0"), "bx": ("s", "C8"), "c": ("^", "C2"), "d": ("D", "C1"), "e": ("P", "C5")}
     for name, pts in series.items():
         marker, color = styles.get(name.split(")")[0], ("x", "C7"))
         xs, ys, es = zip(*pts, strict=True)

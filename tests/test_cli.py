@@ -471,9 +471,18 @@ def test_ctrl_c_exits_130_and_keeps_the_finished_trials(searched, monkeypatch, c
     monkeypatch.chdir(searched)
     break_finetune(monkeypatch, 3, KeyboardInterrupt())  # Ctrl-C during the third trial's fine-tune
     assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "5", "--study", "ctrlc"]) == 130
-    assert "interrupted; completed trials are stored" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "interrupted; the trial in flight is queued again" in err and "Traceback" not in err
     study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{searched}/studies/ctrlc.db")
-    assert [t.state.name for t in study.trials][:2] == ["COMPLETE", "COMPLETE"]
+    # the interrupted trial failed with its reason, and a copy of it waits for the next run
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"]
+    assert study.trials[2].user_attrs["reason"] == "interrupted (Ctrl-C); queued again"
+    assert study.trials[3].params == study.trials[2].params and study.trials[3].system_attrs["failed_trial"] == 2
+    monkeypatch.undo()
+    monkeypatch.chdir(searched)
+    assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "1", "--study", "ctrlc"]) == 0
+    study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{searched}/studies/ctrlc.db")
+    assert study.trials[3].state.name == "COMPLETE" and "reason" not in study.trials[3].user_attrs
 
 
 def test_apply_refuses_a_dense_checkpoint_that_changed(searched, tmp_path, monkeypatch, capsys):
@@ -492,10 +501,15 @@ def test_apply_refuses_a_dense_checkpoint_that_changed(searched, tmp_path, monke
     torch.save({"state_dict": state}, tmp_path / "dense.pt")
     study.set_user_attr("autoprune", {**info, "dense": {**info["dense"], "checkpoint": str(tmp_path / "dense.pt")}})
     monkeypatch.chdir(tmp_path)
-    assert main(["apply", "--study", "digits-test", "--best", "--finetune-steps", "1", "--quiet"]) == 2
+    (tmp_path / "empty-store").mkdir()
+    assert main(["apply", "--study", "digits-test", "--best", "--finetune-steps", "1", "--quiet",
+                 "--artifact-dir", str(tmp_path / "empty-store")]) == 2
     err = capsys.readouterr().err
-    assert "changed since the search (sha256 differs)" in err and len(err.strip().splitlines()) == 1
+    assert "dense.pt (changed since the search: sha256 differs)" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "studies" / "digits-test").exists()  # nothing exported
+    # the study's artifact store holds the checkpoint it was searched on: fetched by sha256, and used
+    assert main(["apply", "--study", "digits-test", "--best", "--finetune-steps", "1", "--no-onnx", "--quiet"]) == 0
+    assert "fetched the dense checkpoint from the artifact store" in capsys.readouterr().err
 
 
 def test_front_as_csv(searched, monkeypatch, capsys):
@@ -599,7 +613,7 @@ def test_errors_from_the_users_files_are_one_line_and_exit_2(tmp_path, monkeypat
                 Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(images / split / cls / f"{i}.png")
     (images / "train" / "a" / "3.png").write_bytes(b"not an image")
     err = fails("--dataset", "imagefolder", "--data-root", str(images), "--image-size", "16", "--val-size", "2",
-                "--workers", "0")
+                "--data-workers", "0")
     assert "cannot read" in err and "3.png" in err
 
 
@@ -612,7 +626,7 @@ def test_search_and_apply_on_an_image_folder_read_per_batch(tmp_path, monkeypatc
     make_imagefolder(tmp_path / "photos", 24, size=40)
     monkeypatch.chdir(tmp_path)
     common = ["--dataset", "imagefolder", "--data-root", str(tmp_path / "photos"), "--image-size", "32",
-              "--workers", "2", "--threads", "1", "--quiet", "--study", "photos"]
+              "--data-workers", "2", "--threads", "1", "--quiet", "--study", "photos"]
     assert main(["search", *common, "--budget-flops", "0.5", "--trials", "2", "--dense-epochs", "1",
                  "--finetune-steps", "3", "--batch-size", "8", "--bn-batches", "2"]) == 0
     study = load_study_named(tmp_path, "photos")
