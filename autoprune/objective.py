@@ -24,6 +24,7 @@ from autoprune.policy import Policy
 from autoprune.prune import Pruner
 from autoprune.reconstruct import DenseTargets, dense_targets, reconstruct
 from autoprune.space import Space
+from autoprune.storage import StorageUnavailable
 from autoprune.train import evaluate, finetune, recalibrate_bn
 
 METRIC_NAMES = ("accuracy", "flops", "params")
@@ -192,7 +193,7 @@ class Objective:
         optimisation loop records as a failed trial and goes on."""
         try:
             return self._run(trial)
-        except (optuna.TrialPruned, KeyboardInterrupt, TrialFailed):
+        except (optuna.TrialPruned, KeyboardInterrupt, TrialFailed, StorageUnavailable):
             raise
         except Exception as exc:  # noqa: BLE001 - recorded with the trial; three in a row end the search
             lines = str(exc).strip().splitlines()

@@ -96,10 +96,11 @@ class ResilientStorage(RDBStorage):
     checked before use (``pool_pre_ping``), so one left stale by a restart is replaced."""
 
     outage_s: float = DEFAULT_OUTAGE_S
+    _gave_up: bool = False  # after one call waited out outage_s in vain, the next ones do not wait again
 
     def _with_retry(self, fn: Any, args: tuple, kwargs: dict) -> Any:
         sqlite = self.url.startswith("sqlite")
-        delay, start, attempt, told = 0.5, time.monotonic(), 0, False
+        delay, start, attempt, told = 0.5, time.monotonic() - (self.outage_s if self._gave_up else 0), 0, False
         while True:
             try:
                 result = fn(self, *args, **kwargs)
@@ -113,9 +114,10 @@ class ResilientStorage(RDBStorage):
                     raise
                 waited = time.monotonic() - start
                 if waited >= self.outage_s:
+                    self._gave_up = True
                     cause = str(getattr(exc, "orig", None) or exc.__cause__ or exc).strip().splitlines()
                     raise StorageUnavailable(
-                        f"the database {_redacted(self.url)} was unreachable for {waited:.0f} s "
+                        f"the database {_redacted(self.url)} was unreachable for {max(waited, self.outage_s):.0f} s "
                         f"({cause[0][:160] if cause else type(exc).__name__}); every finished trial before "
                         "this one is stored, and the study can be resumed"
                     ) from exc
@@ -129,6 +131,7 @@ class ResilientStorage(RDBStorage):
             if told:
                 print(f"database {_redacted(self.url)} reachable again after {time.monotonic() - start:.0f} s",
                       file=sys.stderr)
+            self._gave_up = False
             return result
 
 
@@ -142,7 +145,10 @@ def _quiet_heartbeat(self: ResilientStorage, trial_id: int) -> None:
 
 
 for _name, _fn in list(vars(RDBStorage).items()):
-    if callable(_fn) and (not _name.startswith("_") or _name == "_get_stale_trial_ids") and _name not in (
+    # the private ones are those Optuna's cache layer calls (optuna/storages/_cached_storage.py)
+    if callable(_fn) and (not _name.startswith("_") or _name in (
+            "_get_stale_trial_ids", "_create_new_trial", "_get_trials", "_set_trial_param", "_get_best_trial_id")) \
+            and _name not in (
             "get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "remove_session", "upgrade",
             "get_current_version", "get_head_version", "get_all_versions", "record_heartbeat"):
         setattr(ResilientStorage, _name, _retrying(_fn))

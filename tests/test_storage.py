@@ -4,28 +4,17 @@ installed), every sampler, and optuna-dashboard serving a study."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import free_port
 
 import autoprune
-
-#: Debian's PostgreSQL server binaries (scripts/setup.sh installs the package), newest version first
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), Path("/usr/lib/postgresql/none"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,30 +23,8 @@ def dense(digits_dense):
 
 
 @pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL server on 127.0.0.1 (initdb refuses root: run as postgres)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries are not installed")
-    pytest.importorskip("psycopg2")
-    # pytest's tmp folders are private to root; the server runs as postgres
-    base = Path(tempfile.mkdtemp(prefix="autoprune-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    as_pg = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
-    if os.geteuid() == 0:
-        os.chmod(base, 0o755)
-        shutil.chown(base, "postgres")
-        shutil.chown(sock, "postgres")
-    subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    port = free_port()
-    subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"), "-o",
-                    f"-c listen_addresses=127.0.0.1 -p {port} -k {sock}", "start"], check=True, capture_output=True)
-    subprocess.run([*as_pg, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "ap"],
-                   check=True, capture_output=True)
-    yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/ap"
-    subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(base, ignore_errors=True)
+def postgres(pg_server):
+    return pg_server.url
 
 
 def small_search(dense, storage: str, *, sampler: str = "tpe", trials: int = 2, study: str = "s", **options):
