@@ -201,15 +201,23 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _storage_and_study(args: argparse.Namespace) -> tuple[str, str | None]:
-    from autoprune.config import SearchConfig, load_toml
+    from autoprune.config import STUDY_NAME, SearchConfig, load_toml
 
+    if args.study is not None and not STUDY_NAME.fullmatch(args.study):
+        raise UserError(f"--study {args.study!r} is not a valid study name: use letters, digits, '_', '-' and '.', "
+                        "starting with a letter or digit")
     if args.storage:
         return args.storage, args.study
     if args.config:
-        cfg = load_toml(args.config)
-        partial = SearchConfig(**{k: v for k, v in cfg.items() if k in ("model", "dataset", "study", "storage")})
+        cfg = {k: v for k, v in load_toml(args.config).items() if k in ("model", "dataset", "study", "storage")}
+        for k, v in cfg.items():
+            if not isinstance(v, str):
+                raise UserError(f"{args.config}: {k} = {v!r} must be a string")
+        partial = SearchConfig(**cfg)
         if args.study:
             partial.study = args.study
+        if not STUDY_NAME.fullmatch(partial.study_name):
+            raise UserError(f"{args.config}: study = {partial.study_name!r} is not a valid study name")
         return partial.storage_url, partial.study_name
     name = args.study or SearchConfig().study_name
     return f"sqlite:///studies/{name}.db", name
@@ -352,6 +360,8 @@ def cmd_front(args: argparse.Namespace) -> int:
     from autoprune import study as studies
 
     storage, name = _storage_and_study(args)
+    if args.out and Path(args.out).is_file():
+        raise UserError(f"--out {args.out} is a file; give a folder for front.csv/json/png")
     study = studies.load(storage, name)
     rows = report.front_rows(study)
     if not rows:
@@ -379,6 +389,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if args.prune_steps < 1:
         raise UserError(f"--steps {args.prune_steps} must be at least 1")
     storage, name = _storage_and_study(args)
+    if args.out and Path(args.out).is_file():
+        raise UserError(f"--out {args.out} is a file; give a folder for the exported model")
     study = studies.load(storage, name)
     if args.policy:
         trial_number, label = None, Path(args.policy).stem

@@ -8,11 +8,13 @@ and the study name.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 from autoprune.errors import UserError, unknown_choice
@@ -23,6 +25,8 @@ DISTILL = ("off", "on", "search")
 WARM_STARTS = ("uniform", "sensitivity")
 AMP = ("off", "bf16", "fp16")
 DEFAULT_METHODS = ("l1", "l2", "fpgm", "taylor", "activation")
+#: a study name: it names files (studies/<study>.db, studies/<study>/), so no path separators
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass
@@ -97,17 +101,18 @@ class SearchConfig:
         values: dict[str, Any] = {}
         if toml_path:
             values.update(load_toml(toml_path))
+        flags = {k for k, v in (overrides or {}).items() if v is not None}
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return cls.from_dict(values, source=toml_path or "config")
+        return cls.from_dict(values, source=toml_path or "config", flags=flags)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> SearchConfig:
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config", flags: Collection[str] = ()) -> SearchConfig:
         names = cls.field_names()
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise UserError(f"{source}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
         config = cls(**values)
-        config.validate(source)
+        config.validate(source, flags)
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,11 +142,18 @@ class SearchConfig:
         return [round(self.keep_min + i * self.keep_step, 6) for i in range(n + 1)]
 
     # ---------------------------------------------------------------- validation
-    def validate(self, source: str = "config") -> None:
+    def validate(self, source: str = "config", flags: Collection[str] = ()) -> None:
+        """Every field's type and range, before any work. ``flags``: the fields set on the
+        command line, named as flags in the messages (the others as config keys)."""
         from autoprune.importance import method_names
 
         def bad(msg: str) -> UserError:
-            return UserError(f"{source}: {msg}")
+            if msg.startswith("--"):  # a flag: "--seed -1 must be ...", not "--seed = -1 ..."
+                msg = msg.replace(" = ", " ", 1)
+            return UserError(msg if source == "config" else f"{source}: {msg}")
+
+        def key(name: str) -> str:
+            return f"--{name.replace('_', '-')}" if name in flags else name
 
         types = {f.name: f.type for f in dataclasses.fields(self)}
         for name in self.field_names():
@@ -149,19 +161,34 @@ class SearchConfig:
             t = str(types[name])
             if value is None and "None" in t:
                 continue
-            if t.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
-                raise bad(f"{name} = {value!r} must be an integer")
-            if t == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                raise bad(f"{name} = {value!r} must be a number")
-            if t == "bool" and not isinstance(value, bool):
-                raise bad(f"{name} = {value!r} must be true or false")
-            if t.startswith("list") and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise bad(f"{name} = {value!r} must be a list of strings")
+            kind = t.split(" |")[0]
+            if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise bad(f"{key(name)} = {value!r} must be an integer")
+            if kind == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                    or not math.isfinite(value)):
+                raise bad(f"{key(name)} = {value!r} must be a finite number")
+            if kind == "bool" and not isinstance(value, bool):
+                raise bad(f"{key(name)} = {value!r} must be true or false")
+            if kind == "str" and not isinstance(value, str):
+                raise bad(f"{key(name)} = {value!r} must be a string" + (" (or left out)" if "None" in t else ""))
+            if kind.startswith("list") and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise bad(f"{key(name)} = {value!r} must be a list of strings")
+        if self.study is not None and not STUDY_NAME.fullmatch(self.study):
+            raise bad(f"{key('study')} = {self.study!r} is not a valid study name: use letters, digits, '_', '-' and '.', "
+                      "starting with a letter or digit (it names files under studies/)")
+        for name in ("seed", "split_seed"):
+            if not 0 <= getattr(self, name) < 2**32:
+                raise bad(f"{key(name)} = {getattr(self, name)} must be between 0 and 2**32 - 1")
+        if not 0 <= self.early_stop_margin < 1:
+            raise bad(f"{key('early_stop_margin')} = {self.early_stop_margin} must be in [0, 1): an accuracy difference")
+        for name in ("finetune_lr", "dense_lr", "db_retry"):
+            if getattr(self, name) <= 0:
+                raise bad(f"{key(name)} = {getattr(self, name)} must be > 0")
         if not self.budget_flops:
             raise bad("a FLOPs budget is required: --budget-flops 0.5 (fraction of dense) or 150M (absolute)")
-        parse_budget(self.budget_flops, "budget_flops")
+        parse_budget(self.budget_flops, key("budget_flops"))
         if self.budget_params is not None:
-            parse_budget(self.budget_params, "budget_params")
+            parse_budget(self.budget_params, key("budget_params"))
         from autoprune.data import dataset_names
         from autoprune.models import model_names
 
@@ -191,36 +218,43 @@ class SearchConfig:
                     "reconstruct_images")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise bad(f"{name} = {getattr(self, name)} must be >= 1")
+                raise bad(f"{key(name)} = {getattr(self, name)} must be >= 1")
         if self.data_workers is not None and self.data_workers < 0:
-            raise bad(f"data_workers = {self.data_workers} must be >= 0")
+            raise bad(f"{key('data_workers')} = {self.data_workers} must be >= 0")
         if self.amp not in AMP:
             raise unknown_choice("amp setting", self.amp, AMP)
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device.strip().lower()):
             raise unknown_choice("device", self.device, ("auto", "cpu", "cuda", "cuda:N", "mps"))
         for name in ("finetune_steps", "bn_batches"):
             if getattr(self, name) < 0:
-                raise bad(f"{name} = {getattr(self, name)} must be >= 0")
+                raise bad(f"{key(name)} = {getattr(self, name)} must be >= 0")
         if not 0 < self.front_floor <= 1:
-            raise bad(f"front_floor = {self.front_floor} must be in (0, 1]: the lowest FLOPs level as a fraction of the budget")
+            raise bad(f"{key('front_floor')} = {self.front_floor} must be in (0, 1]: the lowest FLOPs level as a fraction of the budget")
         if not 0 <= self.early_stop < 1:
-            raise bad(f"early_stop = {self.early_stop} must be in [0, 1): the fraction of fine-tune steps before the check")
+            raise bad(f"{key('early_stop')} = {self.early_stop} must be in [0, 1): the fraction of fine-tune steps before the check")
         if self.timeout is not None and self.timeout <= 0:
-            raise bad(f"timeout = {self.timeout} must be > 0 seconds")
+            raise bad(f"{key('timeout')} = {self.timeout} must be > 0 seconds")
         if self.threads is not None and self.threads < 1:
-            raise bad(f"threads = {self.threads} must be >= 1")
+            raise bad(f"{key('threads')} = {self.threads} must be >= 1")
 
 
 def load_toml(path: str) -> dict[str, Any]:
+    if Path(path).is_dir():
+        raise UserError(f"config file {path} is a folder; give a .toml file (e.g. studies/fashion-mnist.toml)")
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid TOML: {str(exc).splitlines()[0][:200]}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     # Allow a [search] table or flat keys; numbers given for string fields are fine.
     data = data.get("search", data)
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: search = {data!r} must be a table ([search] followed by key = value "
+                        "lines), or leave the keys at the top level")
     for key in ("budget_flops", "budget_params"):
         if isinstance(data.get(key), (int, float)):
             data[key] = repr(data[key])
@@ -236,15 +270,23 @@ def parse_budget(text: str | float, name: str = "budget") -> tuple[str, float]:
     A plain number up to 1 is a fraction of the dense model; above 1 (or with a K/M/G
     suffix) it is an absolute count."""
     s = str(text).strip()
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)", s)
+    m = re.fullmatch(r"([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)", s)
     if not m:
         raise UserError(f"{name} {text!r} is not a number: use a fraction of dense like 0.5 or a count like 150M")
     value, suffix = float(m.group(1)), m.group(2).upper()
     if value <= 0:
-        raise UserError(f"{name} {text!r} must be > 0")
-    if suffix or value > 1:
-        return "absolute", value * _SUFFIX[suffix]
-    return "fraction", value
+        raise UserError(f"{name} {text!r} must be > 0: a fraction of dense like 0.5 or a count like 150M")
+    value *= _SUFFIX[suffix]
+    if not math.isfinite(value) or value >= 1e18:
+        raise UserError(f"{name} {text!r} is too large: use a fraction of dense like 0.5 or a count like 150M")
+    if suffix:
+        return "absolute", value
+    if value <= 1:
+        return "fraction", value
+    if value != int(value):
+        raise UserError(f"{name} {text!r} is neither a fraction of dense (at most 1, e.g. 0.5) nor a whole count "
+                        "(e.g. 150M or 150000000)")
+    return "absolute", value
 
 
 def resolve_budget(text: str, dense: int, name: str = "budget") -> int:

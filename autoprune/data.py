@@ -380,8 +380,9 @@ def cifar10(*, root: Path | None, **_: object) -> RawData:
             reader, train_names, test_name = _cifar_python_batch, [f"data_batch_{i}" for i in range(1, 6)], "test_batch"
             break
     else:
+        where = f"under --data-root {root}" if root is not None else "(no --data-root given)"
         raise UserError(
-            f"CIFAR-10 not found under --data-root {root}: expected cifar-10-batches-bin/ or "
+            f"CIFAR-10 not found {where}: pass --data-root with cifar-10-batches-bin/ or "
             "cifar-10-batches-py/ from https://www.cs.toronto.edu/~kriz/cifar.html"
         )
     missing = [n for n in [*train_names, test_name] if not (folder / n).exists()]
@@ -531,7 +532,7 @@ def default_val_size(n_train: int) -> int:
 def _split_indices(n: int, val_size: int | None, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     val_size = default_val_size(n) if val_size is None else val_size
     if not 0 < val_size <= n // 2:
-        raise UserError(f"val size {val_size} must be between 1 and half the training set ({n // 2})")
+        raise UserError(f"--val-size {val_size} must be between 1 and half the training set ({n // 2} of {n} images)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     return perm[:val_size].sort().values, perm[val_size:].sort().values
 

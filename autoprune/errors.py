@@ -13,7 +13,8 @@ class UserError(Exception):
 def unknown_choice(kind: str, given: object, choices: Iterable[str]) -> UserError:
     """Build the error for a name that is not among ``choices``, with a close-match hint."""
     choices = sorted(choices)
-    hint = difflib.get_close_matches(str(given), choices, n=1)
+    lowered = {c.lower(): c for c in choices}
+    hint = [lowered[h] for h in difflib.get_close_matches(str(given).lower(), list(lowered), n=1)]
     suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
     return UserError(
         f"unknown {kind} {given!r}; valid choices: {', '.join(choices)}.{suggestion}"

@@ -60,6 +60,10 @@ def apply_trial(
     rt = runtime_of(config, task)
     example = task.example_input()
     source = f"trial {trial.number}" if trial else str(policy_file)
+    missing = [g.id for g in pruner.groups if g.id not in policy.groups]
+    if policy_file is not None and missing:
+        print(f"{policy_file} has no entry for {len(missing)} group(s), kept whole: {', '.join(missing[:8])}"
+              f"{', ...' if len(missing) > 8 else ''}", file=sys.stderr)
     with torch_threads(config.threads):
         model, resolved = recover(pruner, policy, task, config, steps=finetune_steps, progress=progress,
                                   desc=f"fine-tune {source}", runtime=rt, prune_steps=prune_steps)

@@ -85,6 +85,10 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) ->
     )
     pruner = pruner_of(model, example_input, config)
     ignored = pruner.ignored
+    widest = max((g.channels for g in pruner.groups), default=0)
+    if pruner.groups and config.round_to > widest:
+        raise UserError(f"round_to {config.round_to} is larger than every prunable group (the widest has {widest} "
+                        f"channels); use a round_to of at most {widest}, such as 8")
     space = space_of(config)
     structural = [m for m in config.methods if m != "unstructured"]
     if structural:  # unstructured sparsity alone never lowers FLOPs or the parameter count

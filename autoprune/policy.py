@@ -69,12 +69,19 @@ class Policy:
 
     @staticmethod
     def load(path: Path) -> Policy:
+        path = Path(path)
+        if path.is_dir():
+            raise UserError(f"policy file {path} is a folder; give a policy.json file")
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             raise UserError(f"policy file {path} does not exist") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"policy file {path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise UserError(f"policy file {path} is nested too deeply to be a policy") from None
+        except OSError as exc:
+            raise UserError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
         return _parse(data, str(path))
 
 

@@ -176,11 +176,19 @@ class Pruner:
                 resolved[group.id] = GroupChoice(UNSTRUCTURED, choice.keep, group.channels, group.channels)
                 continue
             idx = choice.kept_indices
+            if choice.kept is not None and choice.kept > group.channels:
+                raise UserError(f"policy group {group.id!r}: kept {choice.kept} is more than its {group.channels} "
+                                "channels")
             if idx is not None:
                 kept = len(idx)
             else:
                 counts = self.segment_counts(group, choice.keep)
                 kept = sum(counts)
+                if choice.kept is not None and choice.kept != kept:
+                    raise UserError(
+                        f"policy group {group.id!r}: kept {choice.kept} does not match keep {choice.keep:g}, which "
+                        f"keeps {kept} of {group.channels} channels here; edit keep (kept is derived from it), "
+                        "or remove kept")
                 if indices:
                     idx = tuple(self.scores.keep_indices(group, choice.method, counts))
             if idx is not None and idx and idx[-1] >= group.channels:

@@ -175,6 +175,10 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {} if url.startswith("sqlite") else {"pool_pre_ping": True}
 
 
+def _writable(path: Path, *, folder: bool) -> bool:
+    return os.access(path, (os.W_OK | os.X_OK) if folder else (os.R_OK | os.W_OK))
+
+
 def check_writable(url: str) -> None:
     """Before any work: a SQLite study's folder and file must be writable (else one line,
     naming them); other databases are checked by connecting."""
@@ -187,12 +191,12 @@ def check_writable(url: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"storage {url}: {existing} is a file, not a folder; choose another --storage")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not _writable(existing, folder=True):
         raise UserError(f"storage {url}: the folder {existing} is not writable; choose another --storage")
     if path.exists():
         if path.is_dir():
             raise UserError(f"storage {url}: {path} is a folder, not a database file")
-        if not os.access(path, os.R_OK | os.W_OK):
+        if not _writable(path, folder=False):
             raise UserError(f"storage {url}: the database file {path} is read-only; choose another --storage")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -274,13 +275,24 @@ def save_state(model: nn.Module, path: Path, **meta: object) -> None:
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint with ``weights_only=True``: a plain state dict, or one under the
     key ``state_dict`` / ``model``. Anything else is a one-line :class:`UserError`."""
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; give the checkpoint file (a state dict saved with torch.save)")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
+        raise UserError(f"checkpoint {path} is not a PyTorch checkpoint (expected a state dict saved with torch.save)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code in it, wrong format
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load checkpoint {path}: {first}") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # no terminal colour codes
+        if "Weights only load failed" in text:
+            raise UserError(
+                f"checkpoint {path} holds pickled Python objects (e.g. a whole model saved with torch.save(model)), "
+                "which autoprune never unpickles; save model.state_dict() instead") from None
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise UserError(f"cannot load checkpoint {path}: {first[:200]}") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -288,6 +300,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"checkpoint {path} holds no state dict of tensors")
+    broken = [k for k, v in obj.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise UserError(f"checkpoint {path} has NaN or infinite values in {len(broken)} tensor(s) ("
+                        f"{', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); a diverged training run?")
     return obj
 
 

@@ -166,9 +166,9 @@ BAD = [
     (["--sampler", "cmaes"], "unknown sampler 'cmaes'; valid choices: gp, nsga2, random, tpe"),
     (["--space", "wide"], "unknown search space 'wide'; valid choices: blend, fill, free, front, local"),
     (["--storage", "nosuchdb://x"], "cannot open storage 'nosuchdb://x'"),
-    (["--checkpoint", "BADCKPT"], "cannot load checkpoint"),
+    (["--checkpoint", "BADCKPT"], "corrupt.pt is not a PyTorch checkpoint"),
     (["--budget-flops", "0.01"], "is below the smallest this search space reaches"),
-    (["--budget-flops", "half"], "budget_flops 'half' is not a number"),
+    (["--budget-flops", "half"], "--budget-flops 'half' is not a number"),
     (["--methods", "unstructured"], "is below the smallest this search space reaches"),  # sparsity keeps FLOPs
     (["--keep-step", "0.3"], "keep_step 0.3 must be > 0 and divide"),
 ]

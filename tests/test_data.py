@@ -146,7 +146,7 @@ def test_digits_task():
 
 def test_val_size_is_checked():
     raw = load_raw("digits")
-    with pytest.raises(UserError, match="val size 5000 must be between 1 and half"):
+    with pytest.raises(UserError, match="--val-size 5000 must be between 1 and half"):
         make_task(raw, dataset="digits", val_size=5000)
 
 
