@@ -281,6 +281,12 @@ def search_model(
         stored = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == config.study_name), None)
         anchor, analysis = local_anchor(stored, config, lambda: sensitivity_policy(
             pruner, the_plan.budget, config, bn, val, progress=progress, runtime=rt))
+        if worker is None and stored is not None and not config.storage_url.startswith("sqlite"):
+            # another search on a shared study is another worker: its own sampler seed, or it would
+            # repeat the trials of one started alongside it
+            import secrets
+
+            worker = secrets.randbelow(2**31)
         location = artifacts.absolute(artifact_location(config, stored))
         attrs["artifacts"] = location
         study, resumed = studies.create_or_resume(
