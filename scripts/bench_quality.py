@@ -517,16 +517,16 @@ def format_table(task: str, budget: str, target: int, dense_flops: int, rows: li
     if not baselines:
         return "\n".join(lines)
     base = max(baselines, key=lambda r: r["test_acc_mean"])
-    dense = rows[0]["test_acc_mean"]
-    gap = dense - base["test_acc_mean"]
-    need = min(0.01, gap / 2)
+    # the bar of issue 16 (the +1 point of the retired issue 3 is out of reach for this task family):
+    # never more than 0.1 point below the best of uniform, global and random
+    need = -0.001
     e = [r for r in rows[1:] if r["contender"].startswith("e)")]
     for r in rows[1:]:
         if not r["contender"].startswith("a"):
             continue
         d = r["test_acc_mean"] - base["test_acc_mean"]
         line = (f"{r['contender']}: {100 * d:+.2f} pt vs the best baseline, {base['contender']} "
-                f"(target >= {100 * need:+.2f} pt: {'met' if d >= need else 'NOT met'})")
+                f"(bar: at most 0.10 pt below it: {'met' if d >= need - 1e-9 else 'NOT met'})")
         if e:
             line += f"; {100 * (r['test_acc_mean'] - e[0]['test_acc_mean']):+.2f} pt vs e"
         lines.append(line)
