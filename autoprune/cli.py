@@ -447,16 +447,6 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     return 0
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is: the trial in flight is queued again, the study stays resumable."""
-
-    signal_name = "SIGTERM"
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
 #: what an interrupt leaves behind, per command
 INTERRUPTED = {
     "search": "interrupted; the trial in flight is queued again for the next worker, completed trials are stored, "
@@ -489,13 +479,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*experimental.*")
     parser = build_parser()
     args = parser.parse_args(argv)
-    import signal
-
     import optuna
+
+    from autoprune import interrupts
 
     # failed trials get one line each from autoprune (with the reason stored); Optuna's warning would add a traceback
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if args.command in ("search", "worker", "confirm") else None
+    previous = interrupts.install()
     try:
         commands = {"search": cmd_search, "worker": cmd_worker, "sensitivity": cmd_sensitivity, "front": cmd_front,
                     "apply": cmd_apply, "confirm": cmd_confirm}
@@ -506,8 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autoprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
+        interrupts.acknowledge()
         print(INTERRUPTED[args.command], file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return 143 if isinstance(exc, interrupts.Terminated) else 130
     except BrokenPipeError:
         # the reader went away (front | head -1): say nothing more
         import os
@@ -523,8 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autoprune {args.command}: error: {outage}", file=sys.stderr)
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        interrupts.restore(previous)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoprune import interrupts
 from autoprune.errors import UserError, unknown_choice
 from autoprune.objective import METRIC_NAMES, TrialFailed
 from autoprune.storage import DEFAULT_HEARTBEAT, DEFAULT_OUTAGE_S, ResilientStorage, retry_trial
@@ -256,6 +257,7 @@ def optimize(
         try:
             return objective(trial)
         except KeyboardInterrupt as exc:
+            interrupts.acknowledge()
             trial.set_user_attr("reason", f"interrupted ({getattr(exc, 'signal_name', 'Ctrl-C')}); queued again")
             raise
 
@@ -267,6 +269,7 @@ def optimize(
         study.optimize(tagged, n_trials=None, timeout=timeout, callbacks=[callback], gc_after_trial=False,
                        catch=(TrialFailed,))
     except KeyboardInterrupt:
+        interrupts.acknowledge()  # reached: the CLI need not send it again
         if running:
             requeue(study, running[0])
         raise

@@ -87,6 +87,9 @@ def run_workers(config: SearchConfig, *, progress: bool = True) -> tuple[Any, di
                 done = studies.trained_count(study) - (until - config.trials)
                 bar.update(max(0, min(config.trials, done) - bar.n))
     except KeyboardInterrupt as exc:
+        from autoprune import interrupts
+
+        interrupts.acknowledge()
         sig = signal.SIGTERM if getattr(exc, "signal_name", "") == "SIGTERM" else signal.SIGINT
         for p in procs:
             if p.poll() is None:

@@ -724,3 +724,31 @@ def test_hypervolume_by_hand():
     assert hypervolume([(0.5, 50)], max_flops=100) == 0.25
     assert hypervolume([(0.5, 50), (0.8, 90)], max_flops=100) == pytest.approx(0.25 + 0.3 * 0.1)
     assert hypervolume([(0.5, 50), (0.4, 90), (0.9, 200)], max_flops=100) == 0.25  # dominated, over the reference
+
+
+def test_an_interrupt_lost_in_a_finaliser_is_sent_again():
+    """Python drops a KeyboardInterrupt raised inside a finaliser ("Exception ignored"); the
+    CLI's handler sends the signal again until the interrupt is handled."""
+    import os
+    import signal
+    import time
+
+    from autoprune import interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    previous = interrupts.install()
+    try:
+        class Swallow:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # the handler's KeyboardInterrupt is raised here, inside __del__, and lost
+
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            Swallow()  # dropped at once
+            time.sleep(10)  # the repeat comes within 2 s
+        interrupts.acknowledge()
+        assert time.monotonic() - t0 < 5
+    finally:
+        interrupts.restore(previous)
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
