@@ -465,23 +465,28 @@ def break_finetune(monkeypatch, on_call: int, exc: BaseException) -> None:
     monkeypatch.setattr(objective, "finetune", finetune)
 
 
-def test_ctrl_c_exits_130_and_keeps_the_finished_trials(searched, monkeypatch, capsys):
+@pytest.mark.parametrize("signal_name", ["Ctrl-C", "SIGTERM"])
+def test_ctrl_c_exits_130_and_keeps_the_finished_trials(searched, monkeypatch, capsys, signal_name):
     from autoprune.cli import main
+    from autoprune.interrupts import Terminated
 
     monkeypatch.chdir(searched)
-    break_finetune(monkeypatch, 3, KeyboardInterrupt())  # Ctrl-C during the third trial's fine-tune
-    assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "5", "--study", "ctrlc"]) == 130
+    study_name = f"ctrlc-{signal_name}"
+    # the interrupt during the third trial's fine-tune
+    break_finetune(monkeypatch, 3, Terminated() if signal_name == "SIGTERM" else KeyboardInterrupt())
+    code = main(["search", *FAST, "--budget-flops", "0.4", "--trials", "5", "--study", study_name])
+    assert code == (143 if signal_name == "SIGTERM" else 130)
     err = capsys.readouterr().err
     assert "interrupted; the trial in flight is queued again" in err and "Traceback" not in err
-    study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{searched}/studies/ctrlc.db")
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{searched}/studies/{study_name}.db")
     # the interrupted trial failed with its reason, and a copy of it waits for the next run
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"]
-    assert study.trials[2].user_attrs["reason"] == "interrupted (Ctrl-C); queued again"
+    assert study.trials[2].user_attrs["reason"] == f"interrupted ({signal_name}); queued again"
     assert study.trials[3].params == study.trials[2].params and study.trials[3].system_attrs["failed_trial"] == 2
     monkeypatch.undo()
     monkeypatch.chdir(searched)
-    assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "1", "--study", "ctrlc"]) == 0
-    study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{searched}/studies/ctrlc.db")
+    assert main(["search", *FAST, "--budget-flops", "0.4", "--trials", "1", "--study", study_name]) == 0
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{searched}/studies/{study_name}.db")
     assert study.trials[3].state.name == "COMPLETE" and "reason" not in study.trials[3].user_attrs
 
 

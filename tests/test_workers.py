@@ -97,6 +97,7 @@ def test_a_killed_workers_trial_is_run_again(pg_server, work, faults):
     assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
 
 
+@pytest.mark.slow  # the same path runs in process in test_cli (test_ctrl_c_exits_130_...[SIGTERM])
 def test_sigterm_queues_the_trial_in_flight_again(pg_server, work, faults):
     """SIGTERM (a scheduler stopping the job) is not SIGKILL: the worker fails its trial with a
     reason, queues a copy at once, and exits 143 with one line; the next worker runs the copy."""
@@ -118,12 +119,12 @@ def test_sigterm_queues_the_trial_in_flight_again(pg_server, work, faults):
 
 
 def test_a_server_restart_loses_no_finished_trial(pg_server, work, faults):
-    """The server goes down for 8 s while a worker trains: the worker waits (new connections,
+    """The server goes down for 5 s while a worker trains: the worker waits (new connections,
     retries with backoff), stores every finished trial, and goes on."""
     before = collections.Counter(t.state.name for t in trials_of(pg_server.url, "faults"))
     worker = start_worker(pg_server.url, faults, work, "--trials", "3", "--heartbeat", "2", "--db-retry", "60")
     wait_for_running(pg_server.url, faults, worker)
-    pg_server.restart(down_s=8)
+    pg_server.restart(down_s=5)
     _, err = worker.communicate(timeout=300)
     assert worker.returncode == 0, err
     assert "unreachable; retrying for up to 60 s" in err and "reachable again" in err
