@@ -17,4 +17,4 @@ if command -v apt-get >/dev/null 2>&1; then
 fi
 
 PY=${PYTHON:-python3}
-"$PY" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,postgres,timm]"
+"$PY" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,postgres,timm,s3]"

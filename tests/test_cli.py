@@ -757,3 +757,33 @@ def test_an_interrupt_lost_in_a_finaliser_is_sent_again():
     finally:
         interrupts.restore(previous)
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+
+
+def test_the_dense_checkpoint_travels_through_an_s3_artifact_store(tmp_path, monkeypatch):
+    """--artifact-dir s3://bucket (moto's in-process S3): the search puts the dense checkpoint
+    and the trials' policy.json there; apply on a "machine" without the checkpoint file fetches
+    it by sha256 and exports."""
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with moto.mock_aws():
+        boto3.client("s3").create_bucket(Bucket="ap-artifacts")
+        here, there = tmp_path / "here", tmp_path / "there"
+        here.mkdir()
+        r = run_in_process("search", *FAST, "--budget-flops", "0.5", "--trials", "2", "--study", "s3",
+                           "--artifact-dir", "s3://ap-artifacts", cwd=here)
+        assert r.returncode == 0, r.stderr
+        keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="ap-artifacts")["Contents"]]
+        assert len(keys) == 3  # the dense checkpoint and two policy.json
+        there.mkdir()
+        (there / "studies").mkdir()
+        import shutil
+
+        shutil.copy(here / "studies" / "s3.db", there / "studies" / "s3.db")
+        shutil.rmtree(here / "studies" / "checkpoints")  # the path the study names is gone
+        r = run_in_process("apply", "--study", "s3", "--best", "--finetune-steps", "1", "--no-onnx", "--quiet", cwd=there)
+        assert r.returncode == 0, r.stderr
+        assert "fetched the dense checkpoint from the artifact store s3://ap-artifacts" in r.stderr
+        assert len(list((there / "studies" / "checkpoints").glob("dense-*.pt"))) == 1
