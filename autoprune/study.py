@@ -18,8 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune import interrupts
 from autoprune.errors import UserError, unknown_choice
 from autoprune.objective import METRIC_NAMES, TrialFailed
-from autoprune.storage import DEFAULT_HEARTBEAT, DEFAULT_OUTAGE_S, ResilientStorage, retry_trial
-from autoprune.storage import open_storage as _open
+from autoprune.storage import open_storage, retry_trial  # open_storage: the pipeline and scripts use it from here
 
 ATTR = "autoprune"
 #: Config fields that define what a study compares; resuming with other values is refused.
@@ -30,12 +29,6 @@ IDENTITY = ("model", "dataset", "checkpoint", "val_size", "split_seed", "budget_
 #: what a study stored before a key existed means (so that older studies still resume)
 IDENTITY_DEFAULTS: dict[str, Any] = {"reconstruct": False, "prune_stem": False, "augment": True, "prune_steps": 1,
                                      "front_floor": 0.25}
-
-
-def open_storage(url: str, *, heartbeat: int = DEFAULT_HEARTBEAT, outage_s: float = DEFAULT_OUTAGE_S,
-                 create: bool = True) -> ResilientStorage:
-    """See :func:`autoprune.storage.open_storage`."""
-    return _open(url, heartbeat=heartbeat, outage_s=outage_s, create=create)
 
 
 def make_sampler(name: str, *, seed: int) -> optuna.samplers.BaseSampler:
