@@ -41,11 +41,16 @@ def store_at(location: str | Path) -> Any:
             return Boto3ArtifactStore(bucket)
         except ImportError:
             raise UserError(f"artifact store {text!r} needs boto3: pip install boto3") from None
+    check_location(text)
     path = Path(text).expanduser()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"artifact store {text!r} is a file, not a folder; choose another --artifact-dir")
     path.mkdir(parents=True, exist_ok=True)
     return optuna.artifacts.FileSystemArtifactStore(str(path))
+
+
+def check_location(location: str) -> None:
+    """A folder store must not be a file (checked before any work, and when opened)."""
+    if not location.startswith("s3://") and Path(location).expanduser().is_file():
+        raise UserError(f"artifact store {location!r} is a file, not a folder; choose another --artifact-dir")
 
 
 def absolute(location: str) -> str:

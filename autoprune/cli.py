@@ -223,6 +223,12 @@ def _storage_and_study(args: argparse.Namespace) -> tuple[str, str | None]:
     return f"sqlite:///studies/{name}.db", name
 
 
+def _check_out(out: str | Path | None, what: str) -> None:
+    """Before any work: ``--out`` must be a folder (or not exist yet)."""
+    if out is not None and Path(out).is_file():
+        raise UserError(f"--out {out} is a file; give a folder for {what}")
+
+
 def _out_dir(args: argparse.Namespace, study_name: str) -> Path:
     return Path(args.out) if args.out else Path("studies") / study_name
 
@@ -244,8 +250,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     out = _out_dir(args, config.study_name)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder for front.csv/json/png")
+    _check_out(out, "front.csv/json/png")
     if config.workers > 1:
         from autoprune.workers import run_workers
 
@@ -360,8 +365,7 @@ def cmd_front(args: argparse.Namespace) -> int:
     from autoprune import study as studies
 
     storage, name = _storage_and_study(args)
-    if args.out and Path(args.out).is_file():
-        raise UserError(f"--out {args.out} is a file; give a folder for front.csv/json/png")
+    _check_out(args.out, "front.csv/json/png")
     study = studies.load(storage, name)
     rows = report.front_rows(study)
     if not rows:
@@ -389,8 +393,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if args.prune_steps < 1:
         raise UserError(f"--steps {args.prune_steps} must be at least 1")
     storage, name = _storage_and_study(args)
-    if args.out and Path(args.out).is_file():
-        raise UserError(f"--out {args.out} is a file; give a folder for the exported model")
+    _check_out(args.out, "the exported model")
     study = studies.load(storage, name)
     if args.policy:
         trial_number, label = None, Path(args.policy).stem
@@ -462,16 +465,9 @@ INTERRUPTED = {
 def _storage_outage(exc: BaseException) -> BaseException | None:
     """The StorageUnavailable that ``exc`` was raised from, if any (Optuna may raise another
     error while handling it)."""
-    from autoprune.storage import StorageUnavailable
+    from autoprune.storage import StorageUnavailable, causes
 
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, StorageUnavailable):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
+    return next((e for e in causes(exc) if isinstance(e, StorageUnavailable)), None)
 
 
 def main(argv: list[str] | None = None) -> int:

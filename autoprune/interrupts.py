@@ -42,9 +42,8 @@ def _handler(signum: int, frame: Any) -> None:
 def acknowledge() -> None:
     """The interrupt reached code that handles it: stop repeating it."""
     timer = _state["timer"]
-    if timer is not None:
+    if timer is not None:  # a signal came through the handler
         timer.cancel()
-    if _state["timer"] is not None:
         _state["acknowledged"] = True
 
 

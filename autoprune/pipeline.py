@@ -360,8 +360,8 @@ def storage_ready(config: SearchConfig) -> None:
     from autoprune.storage import check_writable
 
     check_writable(config.storage_url)
-    if config.artifact_dir and not config.artifact_dir.startswith("s3://") and Path(config.artifact_dir).is_file():
-        raise UserError(f"artifact_dir {config.artifact_dir} is a file, not a folder")
+    if config.artifact_dir:
+        artifacts.check_location(config.artifact_dir)
 
 
 def check_resumable(config: SearchConfig) -> None:

@@ -56,19 +56,25 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
 def _disconnect(exc: BaseException, sqlite: bool) -> bool:
     """Whether ``exc`` (or what it was raised from) means the database could not be reached,
     as opposed to a bad query: only those are worth waiting out."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in causes(exc):
         if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
             return True
         if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             # SQLite: a writer holding the lock is worth waiting for; a missing or read-only file is not
             return "database is locked" in str(e) if sqlite else True
-        e = e.__cause__ or e.__context__
     return False
 
 

@@ -105,6 +105,8 @@ CASES = [
      "folder is a folder, not a database file"),
     ("storage bad URL", ["search", *FAST, "--budget-flops", "0.5", "--storage", "nosuchdb://x"], "cannot open storage"),
     ("out is a file", [*SEARCH, "--budget-flops", "0.5", "--out", "text.txt"], "--out text.txt is a file"),
+    ("artifact dir is a file", [*SEARCH, "--budget-flops", "0.5", "--artifact-dir", "text.txt"],
+     "artifact store 'text.txt' is a file, not a folder"),
     ("study ../x", ["search", *FAST, "--budget-flops", "0.5", "--study", "../x"], "--study '../x' is not a valid study name"),
     ("front study ../x", ["front", "--study", "../x"], "--study '../x' is not a valid study name"),
     # read-only commands on storages that hold no study

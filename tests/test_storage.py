@@ -46,6 +46,10 @@ def test_study_round_trip_in_each_backend(backend, dense, tmp_path, request):
     small_search(dense, url, trials=1, study=f"rt-{backend}")  # resume from a second "worker"
     done = [t for t in optuna.load_study(study_name=f"rt-{backend}", storage=url).trials if t.state.name == "COMPLETE"]
     assert len(done) == 3
+    # a second search on a shared database samples as a worker of its own; on SQLite it stays seed + trials held
+    assert all(t.user_attrs["worker"]["index"] is None for t in done[:2])
+    resumed_index = done[2].user_attrs["worker"]["index"]
+    assert (resumed_index is None) == (backend == "sqlite")
 
 
 #: trials each sampler draws at random before its model takes over (see study.make_sampler)
