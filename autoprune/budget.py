@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from autoprune.policy import GroupChoice, Policy
 
 if TYPE_CHECKING:
+    from autoprune.latency import LatencyBudget, LatencyMeter
     from autoprune.prune import Pruner
 
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 class Budget:
     flops: int
     params: int | None = None
+    latency: LatencyBudget | None = None  # measured per trial (latency.py), on top of the FLOPs budget
 
     def violations(self, flops: int, params: int) -> dict[str, float]:
         """Constraint values for Optuna (<= 0 is feasible): relative excess over the budget."""
@@ -82,6 +84,29 @@ def uniform_at_budget(pruner: Pruner, budget: float, method: str = "l1", *, keep
 
     return fill_budget({g.id: 1.0 for g in pruner.groups}, method, predict=flops, budget=budget,
                        keep_min=keep_min, iterations=25)
+
+
+def uniform_within_latency(pruner: Pruner, meter: LatencyMeter, budget: LatencyBudget, *, keep_min: float,
+                           method: str = "l1", iterations: int = 7) -> tuple[Policy, dict[str, float]] | None:
+    """Uniform pruning at the largest keep ratio whose measured latency meets ``budget``
+    (bisection on the keep ratio; each architecture measured once, see latency.py), and its
+    measurement; None if even ``keep_min`` everywhere is over it. What ``--budget-latency``
+    without ``--budget-flops`` turns into a FLOPs budget."""
+    measured: dict[float, dict[str, float]] = {}
+
+    def policy(keep: float) -> Policy:
+        return Policy({g.id: GroupChoice(method, round(keep, 6)) for g in pruner.groups})
+
+    def fits(keep: float) -> bool:
+        p = policy(keep)
+        model, resolved = pruner.apply(p)
+        measured[keep] = meter.measure(model, resolved.channels())
+        return budget.violation(measured[keep]) <= 0
+
+    if not fits(keep_min):
+        return None
+    keep = largest_fitting(fits, keep_min, 1.0, iterations=iterations)
+    return policy(keep), measured[keep]
 
 
 def blend_widths(anchor: Mapping[str, float], t: float) -> dict[str, float]:

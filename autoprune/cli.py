@@ -28,8 +28,15 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too (e.g. of your own factory)")
     p.add_argument("--config", help="study config TOML (e.g. studies/fashion-mnist.toml); flags override it")
-    p.add_argument("--budget-flops", help="fraction of dense FLOPs (0.5) or an absolute count (150M); required")
+    p.add_argument("--budget-flops", help="fraction of dense FLOPs (0.5) or an absolute count (150M); required "
+                   "unless --budget-latency is given")
     p.add_argument("--budget-params", help="optional parameter budget, same forms as --budget-flops")
+    p.add_argument("--budget-latency", help="optional measured-latency budget: a fraction of dense (0.6) or a time "
+                   "(5ms, 800us); each architecture is timed against the dense model once and cached. Alone, the FLOPs "
+                   "budget becomes that of uniform pruning at this latency")
+    p.add_argument("--latency-batch", type=int, help="images per forward pass when latency is measured (default 1)")
+    p.add_argument("--latency-runtime", help="what latency is measured in: torch (default; on --device) or "
+                   "onnxruntime (CPU, the exported model.onnx)")
     p.add_argument("--model", help="built-in (smallcnn, resnet20, resnet56), torchvision name, or package.module:factory")
     p.add_argument("--dataset", help="fashion-mnist, cifar10, imagefolder, digits, or package.module:factory")
     p.add_argument("--data-root", help="folder holding the dataset files")

@@ -24,6 +24,7 @@ SPACES = ("fill", "front", "free", "local", "blend")
 DISTILL = ("off", "on", "search")
 WARM_STARTS = ("uniform", "sensitivity")
 AMP = ("off", "bf16", "fp16")
+LATENCY_RUNTIMES = ("torch", "onnxruntime")
 DEFAULT_METHODS = ("l1", "l2", "fpgm", "taylor", "activation")
 #: a study name: it names files (studies/<study>.db, studies/<study>/), so no path separators
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -47,6 +48,9 @@ class SearchConfig:
     # search
     budget_flops: str = ""  # "0.5" (fraction of dense) or "150M" (absolute)
     budget_params: str | None = None
+    budget_latency: str | None = None  # "0.6" (fraction of dense latency) or "5ms"; measured, cached per architecture
+    latency_batch: int = 1  # images per forward pass when latency is measured
+    latency_runtime: str = "torch"  # torch (eager, on --device) or onnxruntime (CPU, as apply ships it)
     params_objective: bool = False
     trials: int = 25
     timeout: float | None = None
@@ -184,9 +188,15 @@ class SearchConfig:
         for name in ("finetune_lr", "dense_lr", "db_retry"):
             if getattr(self, name) <= 0:
                 raise bad(f"{key(name)} = {getattr(self, name)} must be > 0")
-        if not self.budget_flops:
-            raise bad("a FLOPs budget is required: --budget-flops 0.5 (fraction of dense) or 150M (absolute)")
-        parse_budget(self.budget_flops, key("budget_flops"))
+        if not self.budget_flops and not self.budget_latency:
+            raise bad("a budget is required: --budget-flops 0.5 (fraction of dense) or 150M (absolute), or "
+                      "--budget-latency 0.6 (fraction of dense) or 5ms (measured)")
+        if self.budget_flops:
+            parse_budget(self.budget_flops, key("budget_flops"))
+        if self.budget_latency is not None:
+            parse_latency(self.budget_latency, key("budget_latency"))
+        if self.latency_runtime not in LATENCY_RUNTIMES:
+            raise unknown_choice("latency runtime", self.latency_runtime, LATENCY_RUNTIMES)
         if self.budget_params is not None:
             parse_budget(self.budget_params, key("budget_params"))
         from autoprune.data import dataset_names
@@ -214,7 +224,7 @@ class SearchConfig:
             raise bad(f"keep levels need 0 < keep_min ({self.keep_min}) <= keep_max ({self.keep_max}) <= 1")
         if self.keep_step <= 0 or abs((self.keep_max - self.keep_min) / self.keep_step - round((self.keep_max - self.keep_min) / self.keep_step)) > 1e-6:
             raise bad(f"keep_step {self.keep_step} must be > 0 and divide keep_max - keep_min ({self.keep_max - self.keep_min:g})")
-        positive = ("trials", "workers", "heartbeat", "prune_steps", "val_size", "dense_epochs", "batch_size", "round_to", "min_channels", "calib_images", "image_size",
+        positive = ("trials", "workers", "latency_batch", "heartbeat", "prune_steps", "val_size", "dense_epochs", "batch_size", "round_to", "min_channels", "calib_images", "image_size",
                     "reconstruct_images")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -255,7 +265,7 @@ def load_toml(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path}: search = {data!r} must be a table ([search] followed by key = value "
                         "lines), or leave the keys at the top level")
-    for key in ("budget_flops", "budget_params"):
+    for key in ("budget_flops", "budget_params", "budget_latency"):
         if isinstance(data.get(key), (int, float)):
             data[key] = repr(data[key])
     return data
@@ -287,6 +297,25 @@ def parse_budget(text: str | float, name: str = "budget") -> tuple[str, float]:
         raise UserError(f"{name} {text!r} is neither a fraction of dense (at most 1, e.g. 0.5) nor a whole count "
                         "(e.g. 150M or 150000000)")
     return "absolute", value
+
+
+def parse_latency(text: str, name: str = "budget_latency") -> tuple[str, float]:
+    """``"0.6"`` -> ("fraction", 0.6) of the dense model's latency; ``"5ms"``, ``"800us"``,
+    ``"0.2s"`` -> ("ms", milliseconds)."""
+    s = str(text).strip().lower()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(ms|us|s)?", s)
+    if not m:
+        raise UserError(f"{name} {text!r} is not a latency: use a fraction of dense like 0.6 or a time like 5ms, "
+                        "800us or 0.2s")
+    value, unit = float(m.group(1)), m.group(2)
+    if not 0 < value < 1e12:
+        raise UserError(f"{name} {text!r} must be > 0: a fraction of dense like 0.6 or a time like 5ms")
+    if unit is None:
+        if value > 1:
+            raise UserError(f"{name} {text!r} needs a unit above 1: a fraction of dense (at most 1, e.g. 0.6) or a "
+                            "time like 5ms, 800us or 0.2s")
+        return "fraction", value
+    return "ms", value * {"ms": 1.0, "us": 1e-3, "s": 1e3}[unit]
 
 
 def resolve_budget(text: str, dense: int, name: str = "budget") -> int:

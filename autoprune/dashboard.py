@@ -55,7 +55,9 @@ def note(study: optuna.Study) -> str:
         f"- **Dense model**: search-val accuracy {dense['val_accuracy']:.4f}, {human(dense['flops'])} FLOPs, "
         f"{human(dense['params'])} parameters.",
         f"- **Budget**: {human(budget['flops'])} FLOPs ({budget['flops'] / dense['flops']:.3f} of dense)"
-        + (f", {human(budget['params'])} parameters" if budget.get("params") else "") + ".",
+        + (f", {human(budget['params'])} parameters" if budget.get("params") else "")
+        + (f", latency {budget['latency']['text']}" + (" of dense" if budget["latency"]["kind"] == "fraction" else "")
+           + f" (measured: {info['units'].get('latency', '')})" if budget.get("latency") else "") + ".",
         f"- **Search**: space `{cfg['space']}`, methods {', '.join(cfg['methods'])}, {cfg['finetune_steps']} fine-tune "
         f"steps per trial, sampler `{cfg['sampler']}`.",
         f"- **Units**: FLOPs: {info['units']['flops']}. Accuracy: {info['units']['accuracy']}. "

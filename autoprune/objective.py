@@ -19,6 +19,7 @@ from autoprune.budget import Budget, fill_budget
 from autoprune.dashboard import mark_constraints, upload_policy
 from autoprune.data import Split
 from autoprune.device import Runtime
+from autoprune.latency import LatencyMeter
 from autoprune.measure import count_flops, count_nonzeros, count_params
 from autoprune.policy import Policy
 from autoprune.prune import Pruner
@@ -71,6 +72,7 @@ class Objective:
         runtime: Runtime | None = None,
         bn_data: Split | None = None,
         artifacts: Any | None = None,
+        latency: LatencyMeter | None = None,
     ) -> None:
         self.pruner = pruner
         self.space = space
@@ -87,6 +89,8 @@ class Objective:
         self.runtime = runtime if runtime is not None else Runtime()
         #: an Optuna artifact store: each completed trial's policy.json goes there (see dashboard.py)
         self.artifacts = artifacts
+        #: with a latency budget: measures each architecture against the dense model (latency.py)
+        self.latency = latency
         self._targets: DenseTargets | None = None
         self._teacher: nn.Module | None = None
         self._flops: dict[tuple[int, ...], int] = {}
@@ -233,14 +237,21 @@ class Objective:
         trial.set_user_attr("flops", flops)
         trial.set_user_attr("params", params)
         violations = self.budget.violations(flops, params)
+        over = [f"{k} {flops if k == 'flops' else params:,} > budget {getattr(self.budget, k):,}"
+                for k, v in violations.items() if v > 0]
+        if self.latency is not None and self.budget.latency is not None:
+            t = time.perf_counter()
+            measured = self.latency.measure(model, resolved.channels())  # cached per architecture
+            seconds["latency"] = time.perf_counter() - t
+            trial.set_user_attr("latency", measured)
+            violations["latency"] = self.budget.latency.violation(measured)
+            if violations["latency"] > 0:
+                over.append(self.budget.latency.describe(measured))
         for name, value in violations.items():
             trial.set_constraint(name, value)
         mark_constraints(trial, violations)  # what optuna-dashboard 0.21 reads
-        over = {k: v for k, v in violations.items() if v > 0}
         if over:
-            reason = "infeasible: " + ", ".join(
-                f"{k} {flops if k == 'flops' else params:,} > budget {getattr(self.budget, k):,}" for k in over
-            )
+            reason = "infeasible: " + ", ".join(over)
             trial.set_user_attr("feasible", False)
             trial.set_user_attr("reason", reason)
             trial.set_user_attr("seconds", {k: round(v, 4) for k, v in seconds.items()})

@@ -4,6 +4,7 @@ config -> task -> budget check -> dense baseline -> study -> trials -> front."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from autoprune.config import SearchConfig, human, resolve_budget
 from autoprune.data import Split
 from autoprune.device import Runtime, torch_threads
 from autoprune.errors import UserError
+from autoprune.latency import LatencyBudget, LatencyMeter, meter_of
 from autoprune.measure import FLOP_CONVENTION, count_flops, count_params
 from autoprune.budget import Budget
 from autoprune.objective import Objective, TrialSettings
@@ -73,17 +75,32 @@ def check_forward(model: nn.Module, example_input: torch.Tensor, name: str) -> N
                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
 
 
-def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) -> Plan:
+def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig, *,
+         stored: dict[str, Any] | None = None, device: torch.device | None = None) -> Plan:
     """Dense FLOPs, the absolute budget, and the smallest FLOPs the space can reach. Depends
-    on the architecture only, so it runs on an untrained model, before any training."""
+    on the architecture only, so it runs on an untrained model, before any training.
+
+    With ``budget_latency`` and no ``budget_flops``, the FLOPs budget is that of uniform
+    pruning at the largest keep ratio whose measured latency meets the latency budget
+    (``device``: where latency is measured); a study that exists (``stored``: its autoprune
+    attributes) keeps the FLOPs budget it was created with, so that workers on other machines
+    search the same range."""
     check_forward(model, example_input, config.model)
     dense_flops = count_flops(model, example_input)
     dense_params = count_params(model)
-    budget = Budget(
-        flops=resolve_budget(config.budget_flops, dense_flops, "budget_flops"),
-        params=resolve_budget(config.budget_params, dense_params, "budget_params") if config.budget_params else None,
-    )
     pruner = pruner_of(model, example_input, config)
+    latency = LatencyBudget.parse(config.budget_latency, "budget_latency") if config.budget_latency else None
+    if config.budget_flops:
+        flops_budget = resolve_budget(config.budget_flops, dense_flops, "budget_flops")
+    elif stored and stored.get("budget", {}).get("flops"):
+        flops_budget = int(stored["budget"]["flops"])
+    else:
+        flops_budget = latency_flops_budget(model, example_input, pruner, config, device)
+    budget = Budget(
+        flops=flops_budget,
+        params=resolve_budget(config.budget_params, dense_params, "budget_params") if config.budget_params else None,
+        latency=latency,
+    )
     ignored = pruner.ignored
     widest = max((g.channels for g in pruner.groups), default=0)
     if pruner.groups and config.round_to > widest:
@@ -110,6 +127,28 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig) ->
             f"this search space reaches: {human(min_params)} ({min_params / dense_params:.3f} of dense)"
         )
     return Plan(dense_flops, dense_params, budget, min_flops, ignored, len(pruner.groups), dict(pruner.excluded))
+
+
+def latency_flops_budget(model: nn.Module, example_input: torch.Tensor, pruner: Pruner, config: SearchConfig,
+                         device: torch.device | None) -> int:
+    """The FLOPs of uniform pruning at the largest keep ratio that meets ``budget_latency``
+    (what a search with only a latency budget spends at most)."""
+    from autoprune.budget import uniform_within_latency
+
+    meter = LatencyMeter(model, example_input, batch=config.latency_batch, runtime=config.latency_runtime,
+                         device=device or "cpu", cache_dir=Path(config.cache_dir))
+    budget = LatencyBudget.parse(config.budget_latency or "", "budget_latency")
+    found = uniform_within_latency(pruner, meter, budget, keep_min=config.keep_min)
+    if found is None:
+        smallest, resolved = pruner.apply(space_of(config).uniform(pruner.groups, config.keep_min, "l1"))
+        m = meter.measure(smallest, resolved.channels())
+        raise UserError(
+            f"budget_latency {config.budget_latency} is below what this search space reaches: every group at "
+            f"keep_min {config.keep_min} measures {m['ms']:.3g} ms, {m['ratio']:.3f} of dense ({m['dense_ms']:.3g} ms; "
+            f"{meter.describe()}). Raise the budget, lower --keep-min, or measure at another --latency-batch"
+        )
+    policy, _ = found
+    return count_flops(pruner.apply(policy)[0], example_input)
 
 
 def space_of(config: SearchConfig, anchor: dict[str, float] | None = None) -> Space:
@@ -270,13 +309,17 @@ def search_model(
         attrs = {
             "config": config.to_dict(),
             "dense": dense_info,
-            "budget": {"flops": the_plan.budget.flops, "params": the_plan.budget.params, "min_flops": the_plan.min_flops},
+            "budget": {"flops": the_plan.budget.flops, "params": the_plan.budget.params, "min_flops": the_plan.min_flops,
+                       "latency": dataclasses.asdict(the_plan.budget.latency) if the_plan.budget.latency else None},
             "ignored": the_plan.ignored,
             "excluded": the_plan.excluded,
             "input_shape": list(example_input.shape[1:]),
             "units": {"flops": FLOP_CONVENTION, "accuracy": "top-1 on the search-val split, in [0, 1]",
                       "seconds": f"wall clock on {rt.describe()}"},
         }
+        meter = meter_of(config, dense, example_input, rt.device)
+        if meter is not None:
+            attrs["units"]["latency"] = meter.describe()
         pruner = pruner_of(dense, example_input, config, calibration=calibration_of(config, bn))
         stored = next((s.user_attrs for s in storage.get_all_studies() if s.study_name == config.study_name), None)
         anchor, analysis = local_anchor(stored, config, lambda: sensitivity_policy(
@@ -315,6 +358,7 @@ def search_model(
             params_objective=config.params_objective,
             reconstruct_x=reconstruction_images(config, bn) if config.reconstruct else None,
             artifacts=artifacts.store_at(location),
+            latency=meter,
         )
         if config.references and REFERENCES_ATTR not in study.user_attrs:
             targets = reference.levels(the_plan.budget.flops, config.front_floor)
@@ -364,15 +408,19 @@ def storage_ready(config: SearchConfig) -> None:
         artifacts.check_location(config.artifact_dir)
 
 
-def check_resumable(config: SearchConfig) -> None:
-    """Refuse early (before training) to resume a study made with another setup."""
+def check_resumable(config: SearchConfig) -> dict[str, Any] | None:
+    """Refuse early (before training) to resume a study made with another setup; the
+    autoprune attributes of the study to resume (None for a new one)."""
     url = config.storage_url
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().exists():
-        return  # a new SQLite file: nothing to resume, and nothing is created yet
+        return None  # a new SQLite file: nothing to resume, and nothing is created yet
     storage = studies.open_storage(url)
     for summary in storage.get_all_studies():
         if summary.study_name == config.study_name:
-            studies.check_identity(config.study_name, summary.user_attrs.get(studies.ATTR), config.to_dict())
+            stored = summary.user_attrs.get(studies.ATTR)
+            studies.check_identity(config.study_name, stored, config.to_dict())
+            return stored
+    return None
 
 
 def run_search(config: SearchConfig, *, progress: bool = True, dense_file: Path | None = None,
@@ -395,12 +443,15 @@ def _run_search(config: SearchConfig, *, progress: bool, dense_file: Path | None
     task = load_config_task(config)
     runtime = runtime_of(config, task)
     example = task.example_input()
-    the_plan = plan(skeleton(config, task), example, config)
-    check_resumable(config)
+    stored = check_resumable(config)
+    the_plan = plan(skeleton(config, task), example, config, stored=stored, device=runtime.device)
     dense = get_dense(config, task, progress=progress, runtime=runtime, path=dense_file)
     if progress:
         print(f"dense {config.model}: {human(the_plan.dense_flops)} FLOPs, {human(the_plan.dense_params)} params; "
-              f"budget {human(the_plan.budget.flops)} FLOPs; {the_plan.groups} prunable groups; on {runtime.describe()}",
+              f"budget {human(the_plan.budget.flops)} FLOPs"
+              + (f" ({'from ' if not config.budget_flops else 'and '}latency {config.budget_latency})"
+                 if config.budget_latency else "")
+              + f"; {the_plan.groups} prunable groups; on {runtime.describe()}",
               file=sys.stderr)
         for gid, why in the_plan.excluded.items():
             print(f"kept whole: {gid} ({why})", file=sys.stderr)

@@ -13,7 +13,7 @@ from autoprune import study as studies
 from autoprune.config import human
 
 COLUMNS = ("trial", "feasible", "accuracy", "accuracy_before_finetune", "flops", "flops_ratio", "params",
-           "nonzeros", "methods", "warm_start")
+           "nonzeros", "latency_ms", "latency_ratio", "methods", "warm_start")
 
 
 def trial_row(trial: optuna.trial.FrozenTrial, dense_flops: int) -> dict[str, Any]:
@@ -28,6 +28,9 @@ def trial_row(trial: optuna.trial.FrozenTrial, dense_flops: int) -> dict[str, An
         "flops_ratio": trial.values[1] / dense_flops,
         "params": attrs.get("params"),
         "nonzeros": attrs.get("nonzeros"),
+        # with --budget-latency: measured against the dense model (latency.py); else None
+        "latency_ms": attrs.get("latency", {}).get("ms"),
+        "latency_ratio": attrs.get("latency", {}).get("ratio"),
         "methods": "+".join(methods),
         "warm_start": attrs.get("warm_start", ""),
         "channels": attrs.get("channels", {}),
@@ -42,16 +45,22 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]], *, dense: dict[str, Any] | None = None) -> str:
-    header = f"{'trial':>5}  {'feasible':>8}  {'val acc':>7}  {'before ft':>9}  {'FLOPs':>7}  {'of dense':>8}  {'params':>7}  {'nonzeros':>8}  methods"
+    timed = any(r.get("latency_ms") is not None for r in rows)  # a search with --budget-latency
+    latency = f"  {'latency':>16}" if timed else ""
+    header = (f"{'trial':>5}  {'feasible':>8}  {'val acc':>7}  {'before ft':>9}  {'FLOPs':>7}  {'of dense':>8}  "
+              f"{'params':>7}  {'nonzeros':>8}{latency}  methods")
     lines = [header, "-" * len(header)]
     if dense:
-        lines.append(f"{'dense':>5}  {'':>8}  {dense['val_accuracy']:7.4f}  {'':>9}  {human(dense['flops']):>7}  {1:8.3f}  {human(dense['params']):>7}  {'':>8}")
+        lines.append(f"{'dense':>5}  {'':>8}  {dense['val_accuracy']:7.4f}  {'':>9}  {human(dense['flops']):>7}  "
+                     f"{1:8.3f}  {human(dense['params']):>7}  {'':>8}" + (f"  {'1.000':>16}" if timed else ""))
     for r in rows:
         before = "" if r["accuracy_before_finetune"] is None else f"{r['accuracy_before_finetune']:.4f}"
+        ms = f"  {r['latency_ratio']:.3f} ({r['latency_ms']:.3g} ms)".rjust(18) if r.get("latency_ms") is not None else (
+            f"  {'':>16}" if timed else "")
         lines.append(
             f"{r['trial']:>5}  {'yes' if r['feasible'] else 'NO':>8}  {r['accuracy']:7.4f}  {before:>9}  "
             f"{human(r['flops']):>7}  {r['flops_ratio']:8.3f}  {human(r['params'] or 0):>7}  "
-            f"{human(r['nonzeros'] or 0):>8}  {r['methods']}{'  (' + r['warm_start'] + ')' if r['warm_start'] else ''}"
+            f"{human(r['nonzeros'] or 0):>8}{ms}  {r['methods']}{'  (' + r['warm_start'] + ')' if r['warm_start'] else ''}"
         )
     return "\n".join(lines)
 

@@ -25,10 +25,11 @@ ATTR = "autoprune"
 IDENTITY = ("model", "dataset", "checkpoint", "val_size", "split_seed", "budget_flops", "budget_params",
             "params_objective", "space", "methods", "keep_min", "keep_max", "keep_step", "round_to",
             "min_channels", "ignore", "distill", "finetune_steps", "seed", "reconstruct", "prune_stem", "augment",
-            "prune_steps", "front_floor")
+            "prune_steps", "front_floor", "budget_latency", "latency_batch", "latency_runtime")
 #: what a study stored before a key existed means (so that older studies still resume)
 IDENTITY_DEFAULTS: dict[str, Any] = {"reconstruct": False, "prune_stem": False, "augment": True, "prune_steps": 1,
-                                     "front_floor": 0.25}
+                                     "front_floor": 0.25, "budget_latency": None, "latency_batch": 1,
+                                     "latency_runtime": "torch"}
 
 
 def make_sampler(name: str, *, seed: int) -> optuna.samplers.BaseSampler:
