@@ -18,6 +18,11 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search per-group pruning policies under a FLOPs budget",
                        description="Search pruning policies; results go to an Optuna study (resumable).", epilog=EPILOG)
     _config_args(p)
+    p.add_argument("--confirm-top", type=int, default=0, metavar="K",
+                   help="when the trials are done, confirm the K best (autoprune confirm: re-prune, fine-tune "
+                        "--confirm-steps, score on search-val), so that apply --best takes the best confirmed (default 0: "
+                        "none)")
+    p.add_argument("--confirm-steps", type=int, default=1000, help="fine-tune steps of --confirm-top (default 1000, as apply)")
     p = sub.add_parser("sensitivity", help="accuracy after pruning each group alone at each keep level",
                        description="Per-group sensitivity (BN recalibrated, no fine-tune) with a plot; with a "
                        "budget, also the policy that meets it by pruning the least sensitive groups first.",
@@ -250,11 +255,15 @@ def _set_threads(threads: int | None) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from autoprune import report
+    from autoprune import confirm, report
     from autoprune import study as studies
     from autoprune.config import human
     from autoprune.pipeline import run_search
 
+    if args.confirm_top < 0:
+        raise UserError(f"--confirm-top {args.confirm_top} must be >= 0")
+    if args.confirm_steps < 1:
+        raise UserError(f"--confirm-steps {args.confirm_steps} must be at least 1")
     config = _config_from_args(args)
     out = _out_dir(args, config.study_name)
     _check_out(out, "front.csv/json/png")
@@ -285,14 +294,31 @@ def cmd_search(args: argparse.Namespace) -> int:
         if report.references_of(study):
             print("\n" + report.format_references(study))
         print(f"\nfront: {paths['csv']}, {paths['json']}\nplot:  {paths['png']}")
-    best = studies.best_feasible(study)
     print(f"dashboard: optuna-dashboard {config.storage_url} --artifact-dir {info['artifacts']}")
+    if args.confirm_top and studies.best_feasible(study) is not None:
+        _confirm_after_search(args, study)
+    best = confirm.best_confirmed(study)
     if best is not None:
+        print(f"apply the best confirmed policy (trial {best.number}): autoprune apply --storage {config.storage_url} "
+              f"--study {study.study_name} --best")
+    elif (best := studies.best_feasible(study)) is not None:
         print(f"apply the best feasible policy (trial {best.number}): autoprune apply --storage {config.storage_url} "
               f"--study {study.study_name} --best")
         print(f"or first re-score the top trials after a longer fine-tune: autoprune confirm --storage "
               f"{config.storage_url} --study {study.study_name} --top 3")
     return 0
+
+
+def _confirm_after_search(args: argparse.Namespace, study: Any) -> None:
+    """``search --confirm-top K``: autoprune confirm on the K best trials, with the search's device."""
+    from autoprune import confirm
+
+    trials = confirm.candidates(study, top=args.confirm_top)
+    print(f"\nconfirming the {len(trials)} best trial(s) ({', '.join(str(t.number) for t in trials)}): "
+          f"{args.confirm_steps} fine-tune steps, scored on search-val", file=sys.stderr)
+    confirm.confirm(study, trials, steps=args.confirm_steps, seeds=1, data_root=args.data_root, device=args.device,
+                    progress=not args.quiet, checkpoint=args.checkpoint, artifact_dir=args.artifact_dir)
+    print("\n" + confirm.format_table(study, args.confirm_steps))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -32,6 +32,8 @@ from autoprune.prune import Pruner
 from autoprune.space import (
     BLEND_PARAM,
     BLEND_STEPS_PER_UNIT,
+    SPEND_PARAM,
+    SPEND_STEPS,
     Space,
     blend_order,
     widths_of,
@@ -228,7 +230,8 @@ def warm_start(
     space always starts with its anchor (the sensitivity policy, filled to the budget); its
     ``uniform`` trial is the nearest one the space holds (exact where every group's keep is
     within a factor 2 of the anchor's). A ``blend`` space enqueues every point of its line,
-    coarse to fine (the anchor, uniform, then halving the gaps)."""
+    coarse to fine (the anchor, uniform, then halving the gaps). A ``front`` space also tries
+    uniform at the reference curves' lower levels, after the others."""
     method = importance_for_analysis(config)
     example_input = pruner.example_input
 
@@ -269,6 +272,16 @@ def warm_start(
             policy = Policy(policy.groups, distill=space.distill == "on")
             study.enqueue_trial(space.params_for(policy, widths_of(policy)),
                                 user_attrs={"warm_start": f"sensitivity {method}"})
+    if "uniform" in config.warm_start and space.shape == "front":
+        # then uniform at the reference curves' lower levels (spend levels SPEND_STEPS/2 and 0 of
+        # 0..SPEND_STEPS = floor ** 0.5 and floor of the budget): the front then holds uniform pruning
+        # wherever the curves are measured, and a searched point shows on it only where it beats uniform
+        uniform = space.uniform(pruner.groups, 1.0, method)
+        smallest = pruner.predict_flops(space.uniform(pruner.groups, space.levels[0], method))
+        for s in (SPEND_STEPS // 2, 0):
+            if space.spend(s) * budget.flops >= smallest:
+                study.enqueue_trial({**space.params_for(uniform), SPEND_PARAM: s},
+                                    user_attrs={"warm_start": f"uniform {method} at {space.spend(s):.3g} of the budget"})
 
 
 def search_model(

@@ -397,6 +397,32 @@ def test_confirm_rescores_the_top_trials_as_apply_recovers_them(searched, tmp_pa
     assert choose_trial(load(tmp_path), None).number == worst  # the only trial confirmed at 40 steps
 
 
+def test_search_can_end_by_confirming_its_best_trials(searched, tmp_path, monkeypatch, capsys):
+    """``search --confirm-top K``: the K best trials confirmed as ``autoprune confirm`` would,
+    and the closing line points ``apply --best`` at the best confirmed one. On a copy."""
+    import shutil
+
+    from autoprune import study as studies
+    from autoprune.cli import main
+    from autoprune.confirm import best_confirmed
+
+    (tmp_path / "studies").mkdir()
+    shutil.copytree(searched / "studies" / "checkpoints", tmp_path / "studies" / "checkpoints")
+    shutil.copy(searched / "studies" / "digits-test.db", tmp_path / "studies" / "digits-test.db")
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--budget-flops", "0.4", "--trials", "1", "--study", "digits-test", *FAST,
+                 "--confirm-top", "2", "--confirm-steps", "10"]) == 0
+    out = capsys.readouterr().out
+    study = load(tmp_path)
+    top2 = [t.number for t in studies.ranked_feasible(study)[:2]]
+    assert sorted(k for k in study.user_attrs if k.startswith("confirm:")) == sorted(f"confirm:{n}" for n in top2)
+    assert all(v["runs"][0]["steps"] == 10 for k, v in study.user_attrs.items() if k.startswith("confirm:"))
+    assert "confirmed (10 steps)" in out
+    assert f"apply the best confirmed policy (trial {best_confirmed(study).number})" in out
+    assert main(["search", "--budget-flops", "0.4", "--study", "digits-test", *FAST, "--confirm-top", "-1"]) == 2
+    assert "--confirm-top -1 must be >= 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--trials", "999"], "trial 999 is not a completed feasible trial of 'digits-test'; valid trials: "),
     (["--trials", "1,x"], "--trials: 'x' is not a trial number"),
