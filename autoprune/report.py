@@ -84,6 +84,25 @@ def hypervolumes(study: optuna.Study) -> dict[str, Any]:
     return out
 
 
+#: FLOPs within this fraction of a reference point count as no more than it
+LEVEL_TOLERANCE = 0.01
+
+
+def against_references(study: optuna.Study) -> list[dict[str, Any]]:
+    """For each reference point: the best feasible trial with no more FLOPs (within
+    ``LEVEL_TOLERANCE``: the solvers land a few hundred FLOPs either side of a level), and its
+    accuracy (``front``; ``trial`` None if no trial is that small)."""
+    feasible = [t for t in studies.completed(study) if studies.is_feasible(t)]
+    rows = []
+    for rule, points in references_of(study).items():
+        for p in sorted(points, key=lambda p: p["flops"]):
+            under = [t for t in feasible if t.values[1] <= p["flops"] * (1 + LEVEL_TOLERANCE)]
+            best = max(under, key=lambda t: (t.values[0], -t.values[1]), default=None)
+            rows.append({"rule": rule, "flops": p["flops"], "accuracy": p["accuracy"],
+                         "trial": best.number if best else None, "front": best.values[0] if best else None})
+    return rows
+
+
 def format_references(study: optuna.Study) -> str:
     refs = references_of(study)
     if not refs:
@@ -95,6 +114,15 @@ def format_references(study: optuna.Study) -> str:
     for rule, points in refs.items():
         for p in sorted(points, key=lambda p: p["flops"]):
             lines.append(f"{rule:>18}  {p['accuracy']:7.4f}  {human(p['flops']):>7}  {p['flops'] / dense_flops:8.3f}")
+    levels = against_references(study)
+    if levels:
+        lines.append(f"the front at each reference point (its best feasible trial with no more FLOPs, "
+                     f"{LEVEL_TOLERANCE:.0%} tolerance):")
+        for r in levels:
+            front = f"{r['front']:.4f} (trial {r['trial']})" if r["trial"] is not None else "none"
+            lines.append(f"{r['rule']:>18}  {r['accuracy']:7.4f}  {human(r['flops']):>7}  front {front}, "
+                         f"{r['front'] - r['accuracy']:+.4f}" if r["trial"] is not None else
+                         f"{r['rule']:>18}  {r['accuracy']:7.4f}  {human(r['flops']):>7}  front: no trial this small")
     hv = hypervolumes(study)
     point = hv.pop("reference_point")
     lines.append(f"hypervolume (reference point: accuracy 0, {human(point['flops'])} FLOPs = the budget; FLOPs as a "
@@ -154,6 +182,7 @@ def write_front(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     info = studies.info(study)
     paths["json"].write_text(json.dumps(
         {"study": study.study_name, "dense": info["dense"], "budget": info["budget"], "front": rows,
-         "references": references_of(study), "hypervolume": hypervolumes(study)}, indent=1))
+         "references": references_of(study), "against_references": against_references(study),
+         "hypervolume": hypervolumes(study)}, indent=1))
     plot_front(study, paths["png"])
     return paths

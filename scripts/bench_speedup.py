@@ -9,7 +9,14 @@ threads, in shuffled round-robin passes in one process. The figure of merit is
 (dense latency / pruned latency) / (dense FLOPs / pruned FLOPs): 1.0 means FLOPs translate
 into speed one for one.
 
-    python scripts/bench_speedup.py --threads 1
+``--search N`` adds what ``search --budget-latency`` can find in the same space: N random
+relative widths filled to the same FLOPs budget (channels rounded to 8), each timed against
+the dense model with autoprune's latency meter (latency.py) in PyTorch and in onnxruntime
+at batch 1; the fastest by each runtime joins the shuffled rounds above, so its figure is
+measured again side by side with every other model, not taken from the search's own
+(optimistically chosen) measurement.
+
+    python scripts/bench_speedup.py --threads 1 --search 24
 """
 
 from __future__ import annotations
@@ -27,6 +34,36 @@ VARIANTS = {"stem kept (default)": {}, "stem pruned": {"prune_stem": True}, "rou
             "stem pruned, round to 8": {"prune_stem": True, "round_to": 8}}
 
 
+def latency_search(dense, example, name: str, args) -> dict:
+    """{runtime: (the fastest of ``args.search`` random policies at the budget, its measured
+    latency ratio)}: fill-space policies (random relative widths, the scale solved for the
+    FLOPs budget), rounded to 8, timed by autoprune's latency meter at batch 1."""
+    from autoprune.budget import fill_budget
+    from autoprune.config import SearchConfig
+    from autoprune.latency import LatencyMeter
+    from autoprune.measure import count_flops
+    from autoprune.task import pruner_of
+
+    config = SearchConfig.from_dict({"model": name, "budget_flops": str(args.budget), "round_to": 8})
+    pruner = pruner_of(dense, example, config)
+    budget = args.budget * count_flops(dense, example)
+    rng = random.Random(0)
+    policies = []
+    for _ in range(args.search):
+        widths = {g.id: 2 ** rng.uniform(-1.0, 1.0) for g in pruner.groups}
+        policies.append(fill_budget(widths, "l1", predict=pruner.predict_flops, budget=budget, keep_min=0.125))
+    best = {}
+    for runtime in ("torch", "onnxruntime"):
+        meter = LatencyMeter(dense, example, runtime=runtime, batch=1)
+        timed = []
+        for policy in policies:
+            model, resolved = pruner.apply(policy)
+            timed.append((meter.measure(model, resolved.channels())["ratio"], policy))
+        ratio, policy = min(timed, key=lambda t: t[0])
+        best[runtime] = (policy, ratio)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet18,mobilenet_v2")
@@ -34,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=0.5, help="fraction of dense FLOPs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--search", type=int, default=0, help="also the fastest of this many random policies at the budget")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_speedup.json"))
     args = p.parse_args(argv)
 
@@ -60,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             pruner = pruner_of(dense, example, config)
             pruned, _ = pruner.apply(uniform_at_budget(pruner, args.budget * dense_flops))
             entries.append((name, variant, pruned.eval(), count_flops(pruned, example), None))
+        if args.search:
+            for runtime, (policy, ratio) in latency_search(dense, example, name, args).items():
+                config = SearchConfig.from_dict({"model": name, "budget_flops": str(args.budget), "round_to": 8})
+                pruned, _ = pruner_of(dense, example, config).apply(policy)
+                print(f"{name}: fastest of {args.search} in {runtime} at batch 1: {ratio:.3f} of dense", file=sys.stderr)
+                entries.append((name, f"fastest of {args.search} ({runtime}, batch 1), round to 8", pruned.eval(),
+                                count_flops(pruned, example), None))
     entries = [(n, v, m, f, ox.session(ox.export(m, example, work / f"{n}-{i}.onnx"), threads=args.threads))
                for i, (n, v, m, f, _) in enumerate(entries)]
     jobs = [(i, runtime, batch) for i in range(len(entries)) for runtime in ("pytorch", "onnxruntime") for batch in (1, 64)]

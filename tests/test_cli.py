@@ -743,6 +743,15 @@ def test_reference_curves_are_measured_once_per_dense_model_and_shown_with_the_h
     assert shown["references"] == curves and set(shown["hypervolume"]) == {"reference_point", "front", *curves}
     assert shown["hypervolume"]["reference_point"] == {"accuracy": 0.0, "flops": budget}
     assert 0 < shown["hypervolume"]["front"] < 1
+    # the front beside each reference point: its best trial within 1% of the point's FLOPs; with 2 trials,
+    # those are the uniform warm starts at the budget and at half of it
+    trials = {t.number: t for t in study.trials if t.state.name == "COMPLETE"}
+    assert len(shown["against_references"]) == sum(len(p) for p in curves.values())
+    for row in shown["against_references"]:
+        under = [t for t in trials.values() if t.values[1] <= row["flops"] * 1.01]
+        assert row["front"] == max(t.values[0] for t in under) and row["trial"] in {t.number for t in under}
+    assert [trials[n].user_attrs["warm_start"] for n in sorted(trials)] == ["uniform l1 at the budget",
+                                                                         "uniform l1 at 0.5 of the budget"]
     monkeypatch.setattr(reference, "recover_model", lambda *a, **k: pytest.fail("measured again"))
     assert main(["search", *args, "--budget-flops", "0.4", "--trials", "1", "--study", "refs-again"]) == 0
     assert load_study_named(searched, "refs-again").user_attrs["references"]["curves"] == curves
