@@ -98,7 +98,7 @@ def search(
     example = example_input[:1].detach().cpu()
     runtime = Runtime(device=resolve_device(config.device), amp=config.amp,
                       workers=config.loader_workers if isinstance(train, LazySplit) else 0)
-    the_plan = plan(model, example, config)
+    the_plan = plan(model, example, config, device=runtime.device)
     result, _ = search_model(
         dense=model, train=train, val=val, example_input=example, config=config, the_plan=the_plan,
         dense_info={"checkpoint": None, "sha256": _state_sha256(model)}, progress=progress, runtime=runtime,
