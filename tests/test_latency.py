@@ -128,6 +128,11 @@ def test_search_checks_every_trial_against_the_latency_budget(tmp_path):
     info = optuna.load_study(study_name="loose", storage=f"sqlite:///{tmp_path}/s.db").user_attrs["autoprune"]
     assert info["budget"]["latency"] == {"kind": "ms", "value": 10000.0, "text": "10s"}
     assert "side by side" in info["units"]["latency"]
+    from autoprune.dashboard import note
+
+    budget_line = next(l for l in note(optuna.load_study(study_name="loose", storage=f"sqlite:///{tmp_path}/s.db"))
+                       .splitlines() if l.startswith("- **Budget**"))
+    assert "latency 10s (measured: torch, batch 1" in budget_line
 
     # 1 microsecond: every policy fits the FLOPs budget and none the latency budget
     r = run_in_process("search", *FAST, "--budget-flops", "0.5", "--budget-latency", "1us", "--trials", "2", "--timeout", "3",
