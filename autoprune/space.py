@@ -108,11 +108,15 @@ class Space:
         """The ``front`` space's fraction of the budget at spend level ``s`` (log-spaced, floor to 1)."""
         return self.floor ** (1 - s / SPEND_STEPS)
 
-    def samples_spend(self, trial: optuna.Trial) -> bool:
+    def samples_spend(self, trial: optuna.Trial, inherited: Mapping[str, object]) -> bool:
         """Whether this trial samples how much of the budget to spend: in a ``front`` space,
-        the even-numbered trials and the warm starts (which fix ``spend``); the others spend it all."""
+        the even-numbered trials and the warm starts (which fix ``spend``); the others spend it
+        all. A copy of a failed trial (``inherited``: the parameters it was queued with) spends
+        as the original did, whatever its own number."""
         if self.shape != "front":
             return False
+        if inherited:
+            return SPEND_PARAM in inherited
         return trial.number % 2 == 0 or "warm_start" in trial.user_attrs
 
     def bounds(self) -> tuple[int, int]:
@@ -131,6 +135,7 @@ class Space:
 
     def suggest(self, trial: optuna.Trial, groups: Sequence[Group], fit: Fit | None = None) -> Policy:
         """Sample a policy. ``fill`` needs ``fit``: relative widths -> policy at the budget."""
+        inherited = trial.params  # a queued copy of a failed trial holds all of its parameters already
         methods = {g.id: self._method(trial, g) for g in groups}
         if self.distill == "search":
             distill = trial.suggest_categorical("distill", [False, True])
@@ -145,7 +150,8 @@ class Space:
             else:
                 lo, hi = self.bounds()
                 widths = {g.id: self.relative_width(g.id, trial.suggest_int(f"{g.id}:width", lo, hi)) for g in groups}
-            fraction = self.spend(trial.suggest_int(SPEND_PARAM, 0, SPEND_STEPS)) if self.samples_spend(trial) else 1.0
+            fraction = (self.spend(trial.suggest_int(SPEND_PARAM, 0, SPEND_STEPS)) if self.samples_spend(trial, inherited)
+                        else 1.0)
             policy = fit(widths, methods, fraction)
             return Policy(groups=policy.groups, distill=distill)
         lo, hi = self.levels[0], self.levels[-1]

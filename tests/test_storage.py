@@ -121,11 +121,13 @@ def test_optuna_dashboard_serves_the_study(dense, tmp_path):
         assert detail["objective_names"] == ["accuracy", "flops"]
         assert any(t["state"] == "Complete" and any(a["key"] == "policy" for a in t["user_attrs"]) for t in detail["trials"])
         # what autoprune adds for the dashboard: feasibility it can read, a note, two charts, policy.json artifacts
-        assert all(t["constraints"] and all(c <= 0 for c in t["constraints"]) for t in detail["trials"])
+        # (with 2 trials, the front space's third warm start is still queued: only finished trials count)
+        done = [t for t in detail["trials"] if t["state"] == "Complete"]
+        assert len(done) == 2 and all(t["constraints"] and all(c <= 0 for c in t["constraints"]) for t in done)
         assert "**Budget**" in detail["note"]["body"] and "autoprune apply" in detail["note"]["body"]
         titles = sorted(json.loads(g["graph_object"])["layout"]["title"]["text"] for g in detail["plotly_graph_objects"])
         assert titles == ["dash: search-val accuracy against FLOPs", "kept channels per group, the 2 best feasible trials"]
-        for t in detail["trials"]:
+        for t in done:
             (artifact,) = t["artifacts"]
             assert artifact["filename"] == "policy.json"
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/artifacts/{summary['study_id']}/{t['trial_id']}/"

@@ -29,7 +29,8 @@ def work(tmp_path_factory) -> Path:
 def faults(pg_server, work) -> str:
     """A study whose trials last a few seconds, for the fault tests to stop workers in (they
     run in turn on it). Returns its name."""
-    r = run_in_process("search", *FAST, "--finetune-steps", "300", "--trials", "1", "--storage", pg_server.url,
+    # 3 trials: the front space's three uniform warm starts are then done, and nothing is queued
+    r = run_in_process("search", *FAST, "--finetune-steps", "300", "--trials", "3", "--storage", pg_server.url,
                        "--study", "faults", cwd=work)
     assert r.returncode == 0, r.stderr
     return "faults"
