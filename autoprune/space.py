@@ -6,10 +6,8 @@ The shapes of space (``SearchConfig.space``):
 - ``front`` (default): ``fill``, plus one integer ``spend`` in ``0..SPEND_STEPS``: the trial
   spends ``floor ** (1 - spend / SPEND_STEPS)`` of the budget instead of all of it, so one
   search covers the curve from the budget down to ``floor`` of it; every trial is feasible.
-  Every other trial (the odd-numbered ones that are not warm starts) samples no ``spend`` and
-  spends the whole budget, as ``fill`` does: a search of trials spread over the curve found
-  its best point at the budget only among the few that landed there (SmallCNN at 0.1 of dense
-  FLOPs: 88.30 on test against ``fill``'s 88.70, docs/benchmarks.md).
+  (Spending the whole budget in every other trial, as ``fill`` does, was tried and measured:
+  its picks at the budget were no better on test, docs/benchmarks.md.)
 - ``fill``: per group a *relative width* ``2 ** (w / 2)`` with ``w`` an integer in
   ``[-WIDTH_RANGE, WIDTH_RANGE]``; one scale factor shared by all groups is then solved, from
   predicted FLOPs, so that the policy spends the budget (keep = scale x width, clipped to
@@ -108,17 +106,6 @@ class Space:
         """The ``front`` space's fraction of the budget at spend level ``s`` (log-spaced, floor to 1)."""
         return self.floor ** (1 - s / SPEND_STEPS)
 
-    def samples_spend(self, trial: optuna.Trial, inherited: Mapping[str, object]) -> bool:
-        """Whether this trial samples how much of the budget to spend: in a ``front`` space,
-        the even-numbered trials and the warm starts (which fix ``spend``); the others spend it
-        all. A copy of a failed trial (``inherited``: the parameters it was queued with) spends
-        as the original did, whatever its own number."""
-        if self.shape != "front":
-            return False
-        if inherited:
-            return SPEND_PARAM in inherited
-        return trial.number % 2 == 0 or "warm_start" in trial.user_attrs
-
     def bounds(self) -> tuple[int, int]:
         """The integer range of a relative width parameter."""
         r = LOCAL_RANGE if self.shape == "local" else WIDTH_RANGE
@@ -135,7 +122,6 @@ class Space:
 
     def suggest(self, trial: optuna.Trial, groups: Sequence[Group], fit: Fit | None = None) -> Policy:
         """Sample a policy. ``fill`` needs ``fit``: relative widths -> policy at the budget."""
-        inherited = trial.params  # a queued copy of a failed trial holds all of its parameters already
         methods = {g.id: self._method(trial, g) for g in groups}
         if self.distill == "search":
             distill = trial.suggest_categorical("distill", [False, True])
@@ -150,8 +136,7 @@ class Space:
             else:
                 lo, hi = self.bounds()
                 widths = {g.id: self.relative_width(g.id, trial.suggest_int(f"{g.id}:width", lo, hi)) for g in groups}
-            fraction = (self.spend(trial.suggest_int(SPEND_PARAM, 0, SPEND_STEPS)) if self.samples_spend(trial, inherited)
-                        else 1.0)
+            fraction = self.spend(trial.suggest_int(SPEND_PARAM, 0, SPEND_STEPS)) if self.shape == "front" else 1.0
             policy = fit(widths, methods, fraction)
             return Policy(groups=policy.groups, distill=distill)
         lo, hi = self.levels[0], self.levels[-1]

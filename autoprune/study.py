@@ -34,10 +34,7 @@ IDENTITY_DEFAULTS: dict[str, Any] = {"reconstruct": False, "prune_stem": False, 
 
 def make_sampler(name: str, *, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        # warn_independent_sampling off: a front space's spend level is sampled in every other trial only
-        # (space.py), so multivariate TPE models it on its own, as intended
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=10,
-                                          warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=10)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
     if name == "random":
