@@ -87,24 +87,23 @@ def uniform_at_budget(pruner: Pruner, budget: float, method: str = "l1", *, keep
 
 
 def uniform_within_latency(pruner: Pruner, meter: LatencyMeter, budget: LatencyBudget, *, keep_min: float,
-                           method: str = "l1", iterations: int = 7) -> tuple[Policy, dict[str, float]] | None:
+                           method: str = "l1", iterations: int = 7) -> tuple[Policy | None, dict[str, float]]:
     """Uniform pruning at the largest keep ratio whose measured latency meets ``budget``
     (bisection on the keep ratio; each architecture measured once, see latency.py), and its
-    measurement; None if even ``keep_min`` everywhere is over it. What ``--budget-latency``
-    without ``--budget-flops`` turns into a FLOPs budget."""
+    measurement; (None, the measurement at ``keep_min``) if even ``keep_min`` everywhere is
+    over it. What ``--budget-latency`` without ``--budget-flops`` turns into a FLOPs budget."""
     measured: dict[float, dict[str, float]] = {}
 
     def policy(keep: float) -> Policy:
         return Policy({g.id: GroupChoice(method, round(keep, 6)) for g in pruner.groups})
 
     def fits(keep: float) -> bool:
-        p = policy(keep)
-        model, resolved = pruner.apply(p)
+        model, resolved = pruner.apply(policy(keep))
         measured[keep] = meter.measure(model, resolved.channels())
         return budget.violation(measured[keep]) <= 0
 
     if not fits(keep_min):
-        return None
+        return None, measured[keep_min]
     keep = largest_fitting(fits, keep_min, 1.0, iterations=iterations)
     return policy(keep), measured[keep]
 

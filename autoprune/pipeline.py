@@ -23,7 +23,7 @@ from autoprune.config import SearchConfig, human, resolve_budget
 from autoprune.data import Split
 from autoprune.device import Runtime, torch_threads
 from autoprune.errors import UserError
-from autoprune.latency import LatencyBudget, LatencyMeter, meter_of
+from autoprune.latency import LatencyBudget, meter_of
 from autoprune.measure import FLOP_CONVENTION, count_flops, count_params
 from autoprune.budget import Budget
 from autoprune.objective import Objective, TrialSettings
@@ -97,7 +97,7 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig, *,
     elif stored and stored.get("budget", {}).get("flops"):
         flops_budget = int(stored["budget"]["flops"])
     else:
-        flops_budget = latency_flops_budget(model, example_input, pruner, config, device)
+        flops_budget = latency_flops_budget(model, example_input, pruner, config, latency, device)
     budget = Budget(
         flops=flops_budget,
         params=resolve_budget(config.budget_params, dense_params, "budget_params") if config.budget_params else None,
@@ -132,24 +132,19 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: SearchConfig, *,
 
 
 def latency_flops_budget(model: nn.Module, example_input: torch.Tensor, pruner: Pruner, config: SearchConfig,
-                         device: torch.device | None) -> int:
-    """The FLOPs of uniform pruning at the largest keep ratio that meets ``budget_latency``
-    (what a search with only a latency budget spends at most)."""
+                         budget: LatencyBudget, device: torch.device | None) -> int:
+    """The FLOPs of uniform pruning at the largest keep ratio that meets ``budget`` (what a
+    search with only a latency budget spends at most)."""
     from autoprune.budget import uniform_within_latency
 
-    meter = LatencyMeter(model, example_input, batch=config.latency_batch, runtime=config.latency_runtime,
-                         device=device or "cpu", cache_dir=Path(config.cache_dir))
-    budget = LatencyBudget.parse(config.budget_latency or "", "budget_latency")
-    found = uniform_within_latency(pruner, meter, budget, keep_min=config.keep_min)
-    if found is None:
-        smallest, resolved = pruner.apply(space_of(config).uniform(pruner.groups, config.keep_min, "l1"))
-        m = meter.measure(smallest, resolved.channels())
+    meter = meter_of(config, model, example_input, device)
+    policy, m = uniform_within_latency(pruner, meter, budget, keep_min=config.keep_min)
+    if policy is None:
         raise UserError(
             f"budget_latency {config.budget_latency} is below what this search space reaches: every group at "
             f"keep_min {config.keep_min} measures {m['ms']:.3g} ms, {m['ratio']:.3f} of dense ({m['dense_ms']:.3g} ms; "
             f"{meter.describe()}). Raise the budget, lower --keep-min, or measure at another --latency-batch"
         )
-    policy, _ = found
     return count_flops(pruner.apply(policy)[0], example_input)
 
 
