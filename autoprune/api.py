@@ -11,11 +11,13 @@ import optuna
 import torch
 from torch import nn
 
-from autoprune.config import DEFAULT_METHODS, SearchConfig
-from autoprune.device import Runtime, resolve_device
-from autoprune.data import LazySplit, Split, TensorSplit, ToFloat, labels_of
+from autoprune.core.batches import LazySplit, Split, TensorSplit, ToFloat
+from autoprune.core.device import Runtime, resolve_device
 from autoprune.errors import UserError
-from autoprune.pipeline import plan, search_model
+from autoprune.policy_search.plan import plan
+from autoprune.policy_search.run import search_model
+from autoprune.task.config import DEFAULT_METHODS, SearchConfig
+from autoprune.task.sources import labels_of
 
 
 def _split(data: Any, name: str) -> Split:

@@ -19,3 +19,9 @@ def unknown_choice(kind: str, given: object, choices: Iterable[str]) -> UserErro
     return UserError(
         f"unknown {kind} {given!r}; valid choices: {', '.join(choices)}.{suggestion}"
     )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters (for one-line errors)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else ""

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoprune.config import SearchConfig
 from autoprune.errors import UserError
+from autoprune.task.config import SearchConfig
 
 
 def threads_per_worker(n: int, given: int | None) -> int:
@@ -54,8 +54,8 @@ def run_workers(config: SearchConfig, *, progress: bool = True) -> tuple[Any, di
     start N workers that share ``config.trials`` trained trials, each on
     ``threads_per_worker`` threads, and follow the study until they exit. Ctrl-C or SIGTERM
     is passed on to the workers, whose trials in flight are queued again."""
-    from autoprune import study as studies
-    from autoprune.pipeline import run_search
+    from autoprune.policy_search import study as studies
+    from autoprune.policy_search.run import run_search
 
     n = config.workers
     t0 = time.perf_counter()
@@ -87,7 +87,7 @@ def run_workers(config: SearchConfig, *, progress: bool = True) -> tuple[Any, di
                 done = studies.trained_count(study) - (until - config.trials)
                 bar.update(max(0, min(config.trials, done) - bar.n))
     except KeyboardInterrupt as exc:
-        from autoprune import interrupts
+        from autoprune.policy_search import interrupts
 
         interrupts.acknowledge()
         sig = signal.SIGTERM if getattr(exc, "signal_name", "") == "SIGTERM" else signal.SIGINT
@@ -118,7 +118,7 @@ def tally(study: Any, first: int) -> dict[str, Any]:
     """The counts ``search`` prints, over the study's trials numbered ``first`` and later."""
     from optuna.trial import TrialState
 
-    from autoprune.study import failure_reason, retries
+    from autoprune.policy_search.study import failure_reason, retries
 
     counts: dict[str, Any] = {"complete": 0, "early_stopped": 0, "infeasible": 0, "failed": 0, "failures": {}}
     trials = study.get_trials(deepcopy=False)
@@ -142,7 +142,7 @@ def join_config(info: dict[str, Any], *, storage: str, study: str, overrides: di
     stored = dict(info["config"])
     stored.update({k: v for k, v in overrides.items() if v is not None})
     stored["storage"], stored["study"] = storage, study
-    config = SearchConfig.from_dict(stored, source="the study's stored config")
+    config = SearchConfig.from_stored(stored, source="the study's stored config", resume=True)
     if config.workers != 1:
         config.workers = 1  # a worker is one process
     return config

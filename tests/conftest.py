@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+from autoprune.testing import PG_BIN, PostgresServer
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +38,9 @@ class TwoConv(nn.Module):
 @pytest.fixture(scope="session")
 def digits_dense():
     """(SmallCNN trained 2 epochs on digits, the digits task): shared, never modified."""
-    from autoprune.data import load_task
-    from autoprune.models import build_model
-    from autoprune.train import train_dense
+    from autoprune.core.loops import train_dense
+    from autoprune.task.models import build_model
+    from autoprune.task.splits import load_task
 
     task = load_task("digits", val_size=300)
     torch.manual_seed(0)
@@ -89,57 +87,6 @@ def run_in_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> 
             else:
                 os.environ[k] = v
     return subprocess.CompletedProcess(["autoprune", *args], code, out.getvalue(), err.getvalue())
-
-
-#: Debian's PostgreSQL server binaries (scripts/setup.sh installs the package), newest version first
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), Path("/usr/lib/postgresql/none"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PostgresServer:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (initdb refuses root: it runs as postgres)."""
-
-    def __init__(self) -> None:
-        # pytest's tmp folders are private to root; the server runs as postgres
-        self.base = Path(tempfile.mkdtemp(prefix="autoprune-pg-"))
-        self.data, sock = self.base / "data", self.base / "sock"
-        sock.mkdir()
-        self.as_pg = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
-        if os.geteuid() == 0:
-            os.chmod(self.base, 0o755)
-            shutil.chown(self.base, "postgres")
-            shutil.chown(sock, "postgres")
-        subprocess.run([*self.as_pg, str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"],
-                       check=True, capture_output=True)
-        self.port = free_port()
-        self.options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sock}"
-        self.start()
-        subprocess.run([*self.as_pg, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                        "ap"], check=True, capture_output=True)
-        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/ap"
-
-    def start(self) -> None:
-        subprocess.run([*self.as_pg, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.base / "log"),
-                        "-o", self.options, "start"], check=True, capture_output=True)
-
-    def stop(self, mode: str = "fast") -> None:
-        subprocess.run([*self.as_pg, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-m", mode, "stop"],
-                       capture_output=True)
-
-    def restart(self, down_s: float) -> None:
-        """Stop the server (closing every connection), stay down ``down_s`` seconds, start it again."""
-        self.stop()
-        time.sleep(down_s)
-        self.start()
-
-    def close(self) -> None:
-        self.stop("immediate")
-        shutil.rmtree(self.base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,10 @@ import optuna
 import torch
 
 import autoprune
-from autoprune.data import load_task
-from autoprune.importance import Calibration
-from autoprune.models import build_model
-from autoprune.train import train_dense
+from autoprune.core.importance import Calibration
+from autoprune.core.loops import train_dense
+from autoprune.task.models import build_model
+from autoprune.task.splits import load_task
 
 
 def test_search_and_apply_policy_in_process(tmp_path):
@@ -83,7 +83,7 @@ def test_library_calls_leave_the_callers_process_settings_alone(digits_dense, tm
     caller's: a search, a FLOPs count and a plot change none of them for good."""
     import matplotlib
 
-    from autoprune import report
+    from autoprune.policy_search import front as report
 
     model, task = digits_dense
     threads = torch.get_num_threads()

@@ -9,6 +9,7 @@ import os
 import pickle
 import signal
 import subprocess
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,15 +35,20 @@ def work(tmp_path_factory) -> Path:
     (work / "binary.toml").write_bytes(bytes(range(256)))
     toml = {"model5": "model = 5", "dataset5": "dataset = 5", "storage5": "storage = 5", "study5": "study = 5",
             "checkpoint5": "checkpoint = 5", "data_root5": "data_root = 5", "cache_dir5": "cache_dir = 5",
-            "timeout_x": "timeout = 'x'", "threads_frac": "threads = 1.5", "search5": "search = 5"}
+            "timeout_x": "timeout = 'x'", "threads_frac": "threads = 1.5", "search5": "search = 5",
+            "margin": "early_stop_margin = -0.1", "heartbeat0": "heartbeat = 0", "db_retry_inf": "db_retry = inf",
+            "keep_step0": "keep_step = 0", "no_download": "download = false\ndataset = 'cifar10'"}
     for name, line in toml.items():
-        dataset = "" if line.startswith("dataset") else "dataset = 'digits'\n"
+        dataset = "" if "dataset" in line else "dataset = 'digits'\n"
         (work / f"{name}.toml").write_text(f"budget_flops = 0.5\n{dataset}{line}\n")
     (work / "search5.toml").write_text("search = 5\n")
     # checkpoints: a whole pickled model (refused unread), NaN weights, a state dict that fits
     info = optuna.load_study(study_name="s", storage="sqlite:///" + str(work / "studies" / "s.db")).user_attrs["autoprune"]
     state = torch.load(info["dense"]["checkpoint"], weights_only=True)["state_dict"]
     torch.save(torch.nn.Linear(2, 2), work / "whole.pt")
+    from autoprune.task.models import build_model
+
+    torch.save(build_model("resnet20", num_classes=10, in_channels=1, input_size=8).state_dict(), work / "resnet.pt")
     torch.save({"state_dict": {k: v.clone().fill_(float("nan")) if v.is_floating_point() else v
                                for k, v in state.items()}}, work / "nan.pt")
     # policies: a trial's, hand-edited
@@ -91,8 +97,8 @@ CASES = [
     ("seed -1", [*SEARCH, "--budget-flops", "0.5", "--seed", "-1"], "--seed -1 must be between 0 and 2**32 - 1"),
     ("timeout nan", [*SEARCH, "--budget-flops", "0.5", "--timeout", "nan"], "--timeout nan must be a finite number"),
     ("timeout -5", [*SEARCH, "--budget-flops", "0.5", "--timeout", "-5"], "--timeout -5.0 must be > 0 seconds"),
-    ("margin -0.1", [*SEARCH, "--budget-flops", "0.5", "--early-stop-margin", "-0.1"],
-     "--early-stop-margin -0.1 must be in [0, 1)"),
+    ("margin -0.1", [*SEARCH, "--config", "margin.toml"], "margin.toml: early_stop_margin = -0.1 must be in [0, 1)"),
+    ("keep_step 0", [*SEARCH, "--config", "keep_step0.toml"], "keep_step0.toml: keep_step = 0 must be in (0, 1]"),
     ("round-to 1000", [*SEARCH[:-1], "s-round", "--budget-flops", "0.5", "--round-to", "1000"],
      "round_to 1000 is larger than every prunable group (the widest has 128 channels)"),
     ("workers 0", [*SEARCH, "--budget-flops", "0.5", "--workers", "0"], "--workers 0 must be >= 1"),
@@ -104,8 +110,8 @@ CASES = [
     ("latency batch 0", [*SEARCH, "--budget-latency", "0.5", "--latency-batch", "0"], "--latency-batch 0 must be >= 1"),
     ("latency out of reach", [*SEARCH[:-1], "s-lat", "--budget-latency", "1us"],
      "budget_latency 1us is below what this search space reaches: every group at keep_min 0.25 measures"),
-    ("heartbeat 0", [*SEARCH, "--budget-flops", "0.5", "--heartbeat", "0"], "--heartbeat 0 must be >= 1"),
-    ("db-retry inf", [*SEARCH, "--budget-flops", "0.5", "--db-retry", "inf"], "--db-retry inf must be a finite number"),
+    ("heartbeat 0", [*SEARCH, "--config", "heartbeat0.toml"], "heartbeat0.toml: heartbeat = 0 must be >= 1"),
+    ("db_retry inf", [*SEARCH, "--config", "db_retry_inf.toml"], "db_retry_inf.toml: db_retry = inf must be a finite number"),
     # storage
     ("storage under a file", ["search", *FAST, "--budget-flops", "0.5", "--storage", "sqlite:///text.txt/x.db"],
      "text.txt is a file, not a folder"),
@@ -139,12 +145,18 @@ CASES = [
      "holds pickled Python objects (e.g. a whole model saved with torch.save(model)), which autoprune never unpickles"),
     ("checkpoint folder", [*SEARCH[:-1], "s-ck", "--budget-flops", "0.5", "--checkpoint", "folder"],
      "checkpoint folder is a folder"),
+    ("checkpoint of another model", [*SEARCH[:-1], "s-ck2", "--budget-flops", "0.5", "--checkpoint", "resnet.pt"],
+     "does not fit the model SmallCNN: "),
+    ("budget at dense", [*SEARCH[:-1], "s-full", "--budget-flops", "1"],
+     "budget_flops 1 = 491K FLOPs is at or above the dense model's 491K: nothing would be pruned"),
+    ("no database driver", ["front", "--storage", "postgresql+pg8000://u@127.0.0.1:9/db", "--study", "s"],
+     "needs the database driver 'pg8000', which is not installed: pip install pg8000"),
     ("checkpoint NaN", [*SEARCH[:-1], "s-ck", "--budget-flops", "0.5", "--checkpoint", "nan.pt"],
      "has NaN or infinite values in"),
     ("apply --checkpoint other", ["apply", *STUDY, "--best", "--checkpoint", "whole.pt"],
      "is not the checkpoint the study was searched on"),
     # other messages
-    ("cifar10 missing", ["search", "--dataset", "cifar10", "--budget-flops", "0.5", "--no-download", *STUDY[:2]],
+    ("cifar10 missing", ["search", "--config", "no_download.toml", *STUDY[:2]],
      "CIFAR-10 not found (no --data-root given): pass --data-root"),
     ("val-size", [*SEARCH, "--budget-flops", "0.5", "--val-size", "100000"],
      "--val-size 100000 must be between 1 and half the training set"),
@@ -167,7 +179,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(work, case, args, mess
 
 def test_an_unwritable_storage_folder_is_refused_before_any_work(work, monkeypatch):
     """(As root every folder is writable, so the access check is made to answer no.)"""
-    from autoprune import storage
+    from autoprune.store import storage
 
     denied = (work / "locked").resolve()
     denied.mkdir()
@@ -222,7 +234,7 @@ def test_ctrl_c_in_a_real_process_prints_one_line(work):
 
 
 def test_apply_interrupted_says_nothing_was_exported(work, monkeypatch):
-    from autoprune import export
+    from autoprune.ship import apply as export
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -244,3 +256,31 @@ def test_old_pickles_are_never_unpickled(work):
     r = run_in_process("search", *FAST, "--budget-flops", "0.5", "--checkpoint", "evil.pt", *STUDY[:2], "--study",
                        "s-evil", cwd=work)
     assert r.returncode == 2 and not (work / "pwned").exists()
+
+
+def test_a_checkpoint_of_another_model_is_summarised_not_listed(work):
+    r = run_in_process(*SEARCH[:-1], "s-ck3", "--budget-flops", "0.5", "--checkpoint", "resnet.pt", cwd=work)
+    line = r.stderr.strip()
+    assert r.returncode == 2 and len(line) < 700, line
+    assert re.search(r"\d+ of the model's \d+ keys missing \([^)]*, \.\.\.\); \d+ unexpected", line), line
+    assert "Likely cause: it was saved from another architecture" in line
+
+
+def test_the_postgres_extra_is_named_when_its_driver_is_missing(work, monkeypatch):
+    """Without psycopg2 (the ``postgres`` extra), the line says what to install."""
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # import psycopg2 raises ImportError
+    r = run_in_process("front", "--storage", "postgresql://u@127.0.0.1:9/db", "--study", "s", cwd=work)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().endswith("needs the database driver 'psycopg2', which is not installed: "
+                                     'pip install "autoprune[postgres]"'), r.stderr
+
+
+def test_the_keep_min_advice_works_when_typed_as_printed(work):
+    """A budget below the space's reach names a --keep-min; the same command with it runs."""
+    args = [*FAST, "--budget-flops", "0.05", "--storage", "sqlite:///studies/km.db", "--study", "km"]
+    r = run_in_process("search", *args, cwd=work)
+    assert r.returncode == 2, r.stderr
+    advice = re.search(r"or add (--keep-min [0-9.]+)", r.stderr)
+    assert advice, r.stderr
+    r = run_in_process("search", *args, *advice.group(1).split(), "--trials", "1", cwd=work)
+    assert r.returncode == 0, r.stderr

@@ -9,7 +9,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-
 from conftest import run_cli, run_in_process
 
 FAST = ["--dataset", "digits", "--val-size", "300", "--dense-epochs", "4", "--finetune-steps", "15", "--no-references",
@@ -48,7 +47,7 @@ def test_search_stores_a_real_multi_objective_study(searched):
         assert t.user_attrs["nonzeros"] <= t.user_attrs["params"]
         assert "accuracy_before_finetune" in t.user_attrs
         assert set(t.user_attrs["channels"]) == set(t.user_attrs["policy"]["groups"])
-    # the default 'fill' space solves every policy to the budget: nothing is rejected
+    # the default 'front' space solves every policy to its share of the budget: nothing is rejected
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 5
     assert complete[0].user_attrs.get("warm_start", "").startswith("uniform l1")
     assert (searched / "studies" / "digits-test" / "front.png").stat().st_size > 10_000
@@ -89,18 +88,18 @@ def test_apply_best_exports_a_rebuildable_model(searched, tmp_path):
     assert 0.2 < report["pruned"]["test_accuracy"] <= 1
     assert "| test accuracy |" in r.stdout
     # rebuild from the dense checkpoint + policy.json + model.pt, without unpickling
-    from autoprune.export import load_pruned
-    from autoprune.models import build_model
-    from autoprune.train import load_weights
+    from autoprune.core.checkpoints import load_weights
+    from autoprune.ship.apply import load_pruned
+    from autoprune.task.models import build_model
 
     dense_ckpt = next((searched / "studies" / "checkpoints").glob("*.pt"))
     torch.manual_seed(0)
     dense = build_model("smallcnn", num_classes=10, in_channels=1, input_size=8)
     load_weights(dense, dense_ckpt)
     model = load_pruned(dense, tmp_path / "x" / "policy.json", tmp_path / "x" / "model.pt")
-    from autoprune.data import load_task
-    from autoprune.measure import count_flops
-    from autoprune.train import evaluate
+    from autoprune.core.loops import evaluate
+    from autoprune.core.measure.flops import count_flops
+    from autoprune.task.splits import load_task
 
     task = load_task("digits", val_size=300)
     assert evaluate(model, task.test) == report["pruned"]["test_accuracy"]
@@ -109,7 +108,7 @@ def test_apply_best_exports_a_rebuildable_model(searched, tmp_path):
     import numpy as np
     import onnx
 
-    from autoprune import onnx_export
+    from autoprune.core.measure import onnx as onnx_export
 
     onnx_file = tmp_path / "x" / "model.onnx"
     assert report["onnx"]["check"]["max_abs_logit_difference"] < 1e-4 and report["onnx"]["check"]["same_top1"]
@@ -164,13 +163,12 @@ BAD = [
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid choices: cifar10, digits, fashion-mnist, imagefolder"),
     (["--methods", "l1,l3"], "unknown importance method 'l3'; valid choices: activation, fpgm, l1, l2, random, taylor, unstructured"),
     (["--sampler", "cmaes"], "unknown sampler 'cmaes'; valid choices: gp, nsga2, random, tpe"),
-    (["--space", "wide"], "unknown search space 'wide'; valid choices: blend, fill, free, front, local"),
+    (["--space", "wide"], "unknown search space 'wide'; valid choices: fill, front, local"),
     (["--storage", "nosuchdb://x"], "cannot open storage 'nosuchdb://x'"),
     (["--checkpoint", "BADCKPT"], "corrupt.pt is not a PyTorch checkpoint"),
     (["--budget-flops", "0.01"], "is below the smallest this search space reaches"),
     (["--budget-flops", "half"], "--budget-flops 'half' is not a number"),
     (["--methods", "unstructured"], "is below the smallest this search space reaches"),  # sparsity keeps FLOPs
-    (["--keep-step", "0.3"], "keep_step 0.3 must be > 0 and divide"),
 ]
 
 
@@ -198,7 +196,9 @@ def test_bad_input_in_a_real_process_is_one_line_and_exit_2(tmp_path):
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
-    r = run_in_process("search", "--budget-flops", "0.5", "--data-root", str(tmp_path), "--no-download", "--quiet", cwd=tmp_path,
+    (tmp_path / "offline.toml").write_text("download = false\n")  # a config key: no flag for it
+    r = run_in_process("search", "--budget-flops", "0.5", "--data-root", str(tmp_path), "--config", "offline.toml",
+                       "--quiet", cwd=tmp_path,
                 env={"AUTOPRUNE_DATASET_DIRS": str(tmp_path / "none")})
     assert r.returncode == 2 and "Fashion-MNIST not found" in r.stderr and "apt-get install dataset-fashion-mnist" in r.stderr
     assert "Traceback" not in r.stderr
@@ -244,7 +244,7 @@ def test_config_file(tmp_path, monkeypatch, capsys):
     assert main(["search", "--config", "bad.toml"]) == 2
     assert "bad.toml: unknown key(s) ['modle']; valid keys:" in capsys.readouterr().err
     for name in ("fashion-mnist.toml", "resnet20-fashion-mnist.toml"):
-        from autoprune.config import SearchConfig
+        from autoprune.task.config import SearchConfig
 
         config = SearchConfig.from_sources(toml_path=str(Path(__file__).resolve().parents[1] / "studies" / name))
         assert config.dataset == "fashion-mnist" and config.budget_flops in ("0.5", "0.4")
@@ -273,8 +273,8 @@ def test_sensitivity_command_and_sensitivity_warm_start(searched, monkeypatch, c
 
 
 def test_local_space_searches_around_the_sensitivity_policy_and_resumes_around_it(searched, monkeypatch):
-    from autoprune import sensitivity
     from autoprune.cli import main
+    from autoprune.core import sensitivity
 
     monkeypatch.chdir(searched)
     args = [*FAST, "--budget-flops", "0.4", "--study", "local", "--space", "local"]
@@ -300,42 +300,9 @@ def test_local_space_searches_around_the_sensitivity_policy_and_resumes_around_i
     assert len(study.trials) == 3 and study.user_attrs["anchor"] == anchor
 
 
-def test_blend_space_walks_from_uniform_to_the_sensitivity_policy(searched, monkeypatch):
-    """--space blend: the anchor, then uniform, then the point halfway, each at the budget
-    with the analysis' method; keeps of t = 1/2 are the geometric mean of the two ends'
-    (up to the common scale the budget solve sets)."""
-    from autoprune.cli import main
-
-    monkeypatch.chdir(searched)
-    assert main(["search", *FAST, "--budget-flops", "0.4", "--study", "blend", "--space", "blend",
-                 "--methods", "fpgm,l1", "--trials", "3"]) == 0
-    study = optuna.load_study(study_name="blend", storage=f"sqlite:///{searched}/studies/blend.db")
-    anchor = study.user_attrs["anchor"]
-    done = [t for t in study.trials if t.state.is_finished()]
-    assert len(study.trials) == 11  # the rest of the line waits for the next run (--trials more)
-    assert [t.params for t in done] == [{"blend": 8}, {"blend": 0}, {"blend": 4}]
-    assert [t.user_attrs["warm_start"] for t in done] == [
-        "the anchor (sensitivity) l1, t=1", "uniform l1, t=0", "blend l1, t=0.5"]
-    budget = study.user_attrs["autoprune"]["budget"]["flops"]
-    keeps = []
-    for t in done:
-        groups = t.user_attrs["policy"]["groups"]
-        assert {c["method"] for c in groups.values()} == {"l1"}
-        assert 0.8 * budget < t.values[1] <= budget
-        keeps.append({g: c["keep"] for g, c in groups.items()})
-    at_anchor, at_uniform, half = keeps
-    inner = [g for g in anchor if all(0.25 < k[g] < 1.0 for k in keeps)]
-    assert len(inner) >= 2
-    assert max(at_uniform[g] for g in inner) == pytest.approx(min(at_uniform[g] for g in inner), rel=1e-3)
-    for a in inner:
-        for b in inner:
-            assert at_anchor[a] / at_anchor[b] == pytest.approx(anchor[a] / anchor[b], rel=1e-3)
-            assert half[a] / half[b] == pytest.approx((anchor[a] / anchor[b]) ** 0.5, rel=1e-3)
-
-
 def test_local_space_without_an_anchor_is_refused_and_stores_nothing(searched, monkeypatch, capsys):
-    from autoprune import sensitivity
     from autoprune.cli import main
+    from autoprune.core import sensitivity
 
     monkeypatch.chdir(searched)
     monkeypatch.setattr(sensitivity, "derived_policy", lambda *a, **k: None)
@@ -352,12 +319,13 @@ def test_confirm_rescores_the_top_trials_as_apply_recovers_them(searched, tmp_pa
     largest step count confirmed. Worked on a copy of the study, so the tests above keep theirs."""
     import shutil
 
-    from autoprune import study as studies
     from autoprune.cli import main
-    from autoprune.data import load_task
-    from autoprune.export import choose_trial, load_pruned
-    from autoprune.models import build_model
-    from autoprune.train import evaluate, load_weights
+    from autoprune.core.checkpoints import load_weights
+    from autoprune.core.loops import evaluate
+    from autoprune.policy_search import study as studies
+    from autoprune.ship.apply import choose_trial, load_pruned
+    from autoprune.task.models import build_model
+    from autoprune.task.splits import load_task
 
     (tmp_path / "studies").mkdir()
     shutil.copy(searched / "studies" / "digits-test.db", tmp_path / "studies" / "digits-test.db")
@@ -395,32 +363,6 @@ def test_confirm_rescores_the_top_trials_as_apply_recovers_them(searched, tmp_pa
     assert choose_trial(load(tmp_path), None).number != worst  # 10 steps do not outrank 20
     study.set_user_attr(f"confirm:{worst}", {"runs": [{"steps": 40, "seed": 0, "accuracy": 0.5, "seconds": 0.0}]})
     assert choose_trial(load(tmp_path), None).number == worst  # the only trial confirmed at 40 steps
-
-
-def test_search_can_end_by_confirming_its_best_trials(searched, tmp_path, monkeypatch, capsys):
-    """``search --confirm-top K``: the K best trials confirmed as ``autoprune confirm`` would,
-    and the closing line points ``apply --best`` at the best confirmed one. On a copy."""
-    import shutil
-
-    from autoprune import study as studies
-    from autoprune.cli import main
-    from autoprune.confirm import best_confirmed
-
-    (tmp_path / "studies").mkdir()
-    shutil.copytree(searched / "studies" / "checkpoints", tmp_path / "studies" / "checkpoints")
-    shutil.copy(searched / "studies" / "digits-test.db", tmp_path / "studies" / "digits-test.db")
-    monkeypatch.chdir(tmp_path)
-    assert main(["search", "--budget-flops", "0.4", "--trials", "1", "--study", "digits-test", *FAST,
-                 "--confirm-top", "2", "--confirm-steps", "10"]) == 0
-    out = capsys.readouterr().out
-    study = load(tmp_path)
-    top2 = [t.number for t in studies.ranked_feasible(study)[:2]]
-    assert sorted(k for k in study.user_attrs if k.startswith("confirm:")) == sorted(f"confirm:{n}" for n in top2)
-    assert all(v["runs"][0]["steps"] == 10 for k, v in study.user_attrs.items() if k.startswith("confirm:"))
-    assert "confirmed (10 steps)" in out
-    assert f"apply the best confirmed policy (trial {best_confirmed(study).number})" in out
-    assert main(["search", "--budget-flops", "0.4", "--study", "digits-test", *FAST, "--confirm-top", "-1"]) == 2
-    assert "--confirm-top -1 must be >= 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -477,7 +419,7 @@ def test_timeout_stops_starting_trials(searched, monkeypatch):
 
 def break_finetune(monkeypatch, on_call: int, exc: BaseException) -> None:
     """The ``on_call``-th fine-tune of a search raises ``exc`` (Ctrl-C, or a crash inside a trial)."""
-    from autoprune import objective
+    from autoprune.policy_search import objective
 
     calls = []
     real = objective.finetune
@@ -494,7 +436,7 @@ def break_finetune(monkeypatch, on_call: int, exc: BaseException) -> None:
 @pytest.mark.parametrize("signal_name", ["Ctrl-C", "SIGTERM"])
 def test_ctrl_c_exits_130_and_keeps_the_finished_trials(searched, monkeypatch, capsys, signal_name):
     from autoprune.cli import main
-    from autoprune.interrupts import Terminated
+    from autoprune.policy_search.interrupts import Terminated
 
     monkeypatch.chdir(searched)
     study_name = f"ctrlc-{signal_name}"
@@ -521,7 +463,7 @@ def test_apply_refuses_a_dense_checkpoint_that_changed(searched, tmp_path, monke
     import shutil
 
     from autoprune.cli import main
-    from autoprune.train import load_state_dict
+    from autoprune.core.checkpoints import load_state_dict
 
     (tmp_path / "studies").mkdir()
     shutil.copy(searched / "studies" / "digits-test.db", tmp_path / "studies" / "digits-test.db")
@@ -619,7 +561,8 @@ def test_errors_from_the_users_files_are_one_line_and_exit_2(tmp_path, monkeypat
     fm.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (fm / f"{name}.gz").write_bytes(gzip.compress(b"\0\0\x08\x01" + (4).to_bytes(4, "big") + b"abcd")[:-6])
-    err = fails("--dataset", "fashion-mnist", "--data-root", str(fm), "--no-download")
+    (tmp_path / "offline.toml").write_text("download = false\n")
+    err = fails("--dataset", "fashion-mnist", "--data-root", str(fm), "--config", str(tmp_path / "offline.toml"))
     assert "cannot read" in err and "a corrupt or truncated file?" in err
 
     cifar = tmp_path / "cifar" / "cifar-10-batches-py"
@@ -659,7 +602,7 @@ def test_search_and_apply_on_an_image_folder_read_per_batch(tmp_path, monkeypatc
     common = ["--dataset", "imagefolder", "--data-root", str(tmp_path / "photos"), "--image-size", "32",
               "--data-workers", "2", "--threads", "1", "--quiet", "--study", "photos"]
     assert main(["search", *common, "--budget-flops", "0.5", "--trials", "2", "--dense-epochs", "1",
-                 "--finetune-steps", "3", "--batch-size", "8", "--bn-batches", "2"]) == 0
+                 "--finetune-steps", "3", "--batch-size", "8"]) == 0
     study = load_study_named(tmp_path, "photos")
     info = study.user_attrs["autoprune"]
     assert info["input_shape"] == [3, 32, 32] and info["config"]["val_size"] == 4  # 10% of 48 images
@@ -677,12 +620,13 @@ def load_study_named(work: Path, name: str) -> optuna.Study:
 def test_progressive_pruning_reaches_the_same_architecture_in_k_steps(searched, tmp_path, monkeypatch):
     """apply --steps 3: three rounds of pruning, fine-tuning between them (the same total steps);
     the network has the one-shot policy's channel counts and rebuilds from policy.json."""
-    from autoprune import train
     from autoprune.cli import main
-    from autoprune.data import load_task
-    from autoprune.export import load_pruned
-    from autoprune.models import build_model
-    from autoprune.train import evaluate, load_weights
+    from autoprune.core import loops as train
+    from autoprune.core.checkpoints import load_weights
+    from autoprune.core.loops import evaluate
+    from autoprune.ship.apply import load_pruned
+    from autoprune.task.models import build_model
+    from autoprune.task.splits import load_task
 
     monkeypatch.chdir(searched)
     steps = []
@@ -721,8 +665,8 @@ def test_reference_curves_are_measured_once_per_dense_model_and_shown_with_the_h
     (those the space reaches), with the trials' fine-tune: stored in the study, printed by search and front with
     each curve's hypervolume next to the front's, drawn in front.png, and cached: a second
     study of the same dense model does not measure them again."""
-    from autoprune import reference
     from autoprune.cli import main
+    from autoprune.policy_search import reference
 
     monkeypatch.chdir(searched)
     args = [a for a in FAST if a != "--no-references"]
@@ -758,7 +702,7 @@ def test_reference_curves_are_measured_once_per_dense_model_and_shown_with_the_h
 
 
 def test_hypervolume_by_hand():
-    from autoprune.reference import hypervolume
+    from autoprune.policy_search.reference import hypervolume
 
     assert hypervolume([(1.0, 0.0)], max_flops=100) == 1.0
     assert hypervolume([(0.5, 50)], max_flops=100) == 0.25
@@ -773,7 +717,7 @@ def test_an_interrupt_lost_in_a_finaliser_is_sent_again():
     import signal
     import time
 
-    from autoprune import interrupts
+    from autoprune.policy_search import interrupts
 
     before = signal.getsignal(signal.SIGINT)
     previous = interrupts.install()

@@ -5,12 +5,12 @@ import random
 import pytest
 import torch
 
-from autoprune.costmodel import FlopsPredictor
-from autoprune.groups import resolve_ignore
-from autoprune.measure import count_flops
-from autoprune.models import build_model
-from autoprune.policy import GroupChoice, Policy
-from autoprune.prune import Pruner
+from autoprune.core.groups import resolve_ignore
+from autoprune.core.measure.costmodel import FlopsPredictor
+from autoprune.core.measure.flops import count_flops
+from autoprune.core.policy import GroupChoice, Policy
+from autoprune.core.prune import Pruner
+from autoprune.task.models import build_model
 
 
 def test_exact_on_the_hand_counted_net(two_conv):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.data import load_raw, load_task, make_task, read_idx
 from autoprune.errors import UserError
+from autoprune.task.sources import load_raw, read_idx
+from autoprune.task.splits import load_task, make_task
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -58,7 +59,8 @@ def test_truncated_idx_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_debian_fashion_mnist_is_the_real_thing():
-    task = load_task("fashion-mnist", val_size=5000, download=False)
+    task = load_task("fashion-mnist", download=False)  # search-val: 10% of 60,000, capped at 5,000
+    assert task.val_size == 5000
     assert task.train.x.shape == (55000, 1, 28, 28)
     assert task.val.x.shape == (5000, 1, 28, 28)
     assert task.test.x.shape == (10000, 1, 28, 28)
@@ -122,7 +124,7 @@ def test_imagefolder(tmp_path):
 
 
 def test_split_is_deterministic_disjoint_and_complete():
-    from autoprune.data import RawData
+    from autoprune.task.sources import RawData
 
     # labels are image ids here, so the split can be read off the labels
     x = torch.arange(100, dtype=torch.float32).view(100, 1, 1, 1)
@@ -205,7 +207,7 @@ def test_imagefolder_is_read_per_batch_with_augmentation_and_workers(tmp_path):
 
 
 def test_in_memory_fingerprint_sees_every_value():
-    from autoprune.data import RawData
+    from autoprune.task.sources import RawData
 
     x = torch.zeros(100, 1, 8, 8, dtype=torch.uint8)
     raw = RawData(x, torch.arange(100) % 10, x[:10], torch.arange(10))

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from autoprune.device import Runtime, autocast, grad_scaler, resolve_device, seeded, torch_threads
+from autoprune.core.device import (
+    Runtime,
+    autocast,
+    grad_scaler,
+    resolve_device,
+    seeded,
+    torch_threads,
+)
 from autoprune.errors import UserError
 
 
@@ -51,12 +58,13 @@ def test_asking_for_cuda_without_one_is_one_line_and_exit_2(tmp_path, monkeypatc
 
 
 def test_a_trial_trains_and_scores_where_the_runtime_says(digits_dense, tmp_path, monkeypatch):
-    """Trials prune on the CPU and move the model to the runtime's device before training; with
-    the CPU as that device everything stays there, the dense model included."""
-    from autoprune import objective as objective_module
-    from autoprune.train import model_device
+    """Trials prune copies on the CPU and train them on the runtime's device; the dense model the
+    user passed is neither moved nor changed (every trial starts from the same weights)."""
+    from autoprune.core.loops import model_device
+    from autoprune.policy_search import objective as objective_module
 
     model, task = digits_dense
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     devices = []
     real = objective_module.finetune
     monkeypatch.setattr(objective_module, "finetune",
@@ -67,3 +75,4 @@ def test_a_trial_trains_and_scores_where_the_runtime_says(digits_dense, tmp_path
                      budget_flops=0.5, storage=f"sqlite:///{tmp_path}/d.db", study="d", trials=2, finetune_steps=2,
                      progress=False, references=False, batch_size=64, threads=1, bn_batches=1, device="cpu")
     assert devices == ["cpu", "cpu"] and model_device(model).type == "cpu"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

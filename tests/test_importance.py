@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.data import TensorSplit
-from autoprune.importance import IMPORTANCES, Calibration
-from autoprune.measure import count_flops, count_nonzeros
-from autoprune.policy import GroupChoice, Policy
-from autoprune.prune import Pruner, kept_channels
-from autoprune.train import finetune
+from autoprune.core.batches import TensorSplit
+from autoprune.core.importance import IMPORTANCES, Calibration
+from autoprune.core.loops import finetune
+from autoprune.core.measure.flops import count_flops, count_nonzeros
+from autoprune.core.policy import GroupChoice, Policy
+from autoprune.core.prune import Pruner, kept_channels
 
 
 class Toy(nn.Module):

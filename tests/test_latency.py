@@ -11,12 +11,13 @@ import pytest
 import torch
 from conftest import TwoConv, run_in_process
 
-from autoprune.budget import uniform_within_latency
-from autoprune.config import SearchConfig, parse_latency
+from autoprune.core.budget import uniform_within_latency
+from autoprune.core.measure.flops import count_flops
+from autoprune.core.measure.latency import LatencyBudget, LatencyMeter
+from autoprune.core.prune import Pruner
+from autoprune.core.units import parse_latency
 from autoprune.errors import UserError
-from autoprune.latency import LatencyBudget, LatencyMeter
-from autoprune.measure import count_flops
-from autoprune.prune import Pruner
+from autoprune.task.config import SearchConfig
 
 
 @pytest.mark.parametrize("text,expected", [("0.6", ("fraction", 0.6)), ("1", ("fraction", 1.0)), ("5ms", ("ms", 5.0)),
@@ -53,7 +54,7 @@ def _pruned(keep: float):
     model = TwoConv().eval()
     x = torch.randn(1, 1, 8, 8)
     pruner = Pruner(model, x, ignored=["fc"], min_channels=1)
-    from autoprune.policy import GroupChoice, Policy
+    from autoprune.core.policy import GroupChoice, Policy
 
     pruned, resolved = pruner.apply(Policy({g.id: GroupChoice("l1", keep) for g in pruner.groups}))
     return model, x, pruned, resolved.channels()
@@ -129,7 +130,7 @@ def test_search_checks_every_trial_against_the_latency_budget(tmp_path):
     info = optuna.load_study(study_name="loose", storage=f"sqlite:///{tmp_path}/s.db").user_attrs["autoprune"]
     assert info["budget"]["latency"] == {"kind": "ms", "value": 10000.0, "text": "10s"}
     assert "side by side" in info["units"]["latency"]
-    from autoprune.dashboard import note
+    from autoprune.policy_search.dashboard import note
 
     budget_line = next(l for l in note(optuna.load_study(study_name="loose", storage=f"sqlite:///{tmp_path}/s.db"))
                        .splitlines() if l.startswith("- **Budget**"))
@@ -160,9 +161,9 @@ def test_a_latency_budget_alone_sets_the_flops_budget_once(tmp_path):
     assert 0.5 * info["dense"]["flops"] < info["budget"]["flops"] <= info["dense"]["flops"]
     assert info["config"]["budget_flops"] == ""
     # a resumed study keeps the FLOPs budget it was created with, whatever is measured now
-    from autoprune.pipeline import plan
-    from autoprune.baseline import skeleton
-    from autoprune.task import load_config_task
+    from autoprune.policy_search.plan import plan
+    from autoprune.task.baseline import skeleton
+    from autoprune.task.setup import load_config_task
 
     config = SearchConfig.from_dict({**info["config"], "cache_dir": str(tmp_path / "empty-cache")})
     task = load_config_task(config)

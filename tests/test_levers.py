@@ -5,13 +5,13 @@ import optuna
 import pytest
 import torch
 
-from autoprune.groups import resolve_ignore
-from autoprune.measure import count_flops
-from autoprune.budget import Budget
-from autoprune.objective import Objective, TrialSettings
-from autoprune.prune import Pruner
-from autoprune.sensitivity import analyse, derived_policy
-from autoprune.space import Space
+from autoprune.core.budget import Budget
+from autoprune.core.groups import resolve_ignore
+from autoprune.core.measure.flops import count_flops
+from autoprune.core.prune import Pruner
+from autoprune.core.sensitivity import analyse, derived_policy
+from autoprune.policy_search.objective import Objective, TrialSettings
+from autoprune.policy_search.space import Space
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_sensitivity_and_derived_policy(setup):
 
 
 def test_sensitivity_analysis_is_cached_per_dense_model_data_and_settings(setup, tmp_path, monkeypatch):
-    from autoprune import sensitivity
+    from autoprune.core import sensitivity
 
     task, model, pruner = setup
     train, val = task.train, task.val
@@ -129,8 +129,8 @@ def test_clearly_over_budget_policies_are_rejected_without_pruning(setup):
 def test_a_distilled_trial_learns_from_the_dense_model(setup):
     """With distillation the fine-tune gets the dense model as its teacher and every step's
     loss is the distillation loss; without it, there is no teacher."""
-    from autoprune import objective as objective_module
-    from autoprune import train
+    from autoprune.core import loops as train
+    from autoprune.policy_search import objective as objective_module
 
     task, _, pruner = setup
     obj = Objective(
@@ -187,8 +187,9 @@ def test_fill_space_spends_the_budget_wherever_the_widths_put_it(setup):
 
 
 def test_fill_space_warm_start_is_uniform_at_the_budget(setup):
-    from autoprune.config import SearchConfig
-    from autoprune.pipeline import space_of, warm_start
+    from autoprune.policy_search.plan import space_of
+    from autoprune.policy_search.warmstart import warm_start
+    from autoprune.task.config import SearchConfig
 
     task, model, pruner = setup
     config = SearchConfig.from_dict({"model": "smallcnn", "dataset": "digits", "budget_flops": "0.3", "keep_min": 0.125,

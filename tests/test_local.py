@@ -4,13 +4,13 @@ around uniform. Its anchor, its budget solve, its warm start and its resume."""
 import optuna
 import pytest
 
-from autoprune.groups import resolve_ignore
-from autoprune.measure import count_flops
-from autoprune.budget import Budget
-from autoprune.objective import Objective, TrialSettings
-from autoprune.policy import GroupChoice, Policy
-from autoprune.prune import Pruner
-from autoprune.space import BLEND_MAX, LOCAL_RANGE, Space, blend_order, widths_of
+from autoprune.core.budget import Budget
+from autoprune.core.groups import resolve_ignore
+from autoprune.core.measure.flops import count_flops
+from autoprune.core.policy import GroupChoice, Policy
+from autoprune.core.prune import Pruner
+from autoprune.policy_search.objective import Objective, TrialSettings
+from autoprune.policy_search.space import LOCAL_RANGE, Space, widths_of
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +78,3 @@ def test_widths_of_a_policy_relative_to_an_anchor():
     assert widths_of(same) == {"a": -2, "b": 0, "c": 2}
     far = Policy({"a": GroupChoice("l1", 0.01), "b": GroupChoice("l1", 1.0)})
     assert widths_of(far, {"a": 1.0, "b": 1.0}) == {"a": -LOCAL_RANGE, "b": LOCAL_RANGE}  # clipped
-
-
-def test_blend_order_tries_every_point_once_coarse_to_fine():
-    order = blend_order()
-    assert sorted(order) == list(range(BLEND_MAX + 1))
-    assert order[:3] == [8, 0, 4]  # the anchor, uniform, halfway
-
-
-def test_blend_space_needs_its_anchor_and_has_one_parameter():
-    space = Space(levels=(0.125, 1.0), methods=("l1",), shape="blend")
-    with pytest.raises(ValueError, match="anchor"):
-        space.relative_width("g", 4)
-    with pytest.raises(ValueError, match="one parameter"):
-        space.params_for(Policy({"g": GroupChoice("l1", 0.5)}))

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from autoprune.core.groups import resolve_ignore
+from autoprune.core.measure.flops import count_flops
+from autoprune.core.policy import GroupChoice, Policy
+from autoprune.core.prune import Pruner
 from autoprune.errors import UserError
-from autoprune.groups import resolve_ignore
-from autoprune.measure import count_flops
-from autoprune.models import MODELS, build_model
-from autoprune.policy import GroupChoice, Policy
-from autoprune.prune import Pruner
+from autoprune.task.models import MODELS, build_model
 
 
 def prune_half(model, example):

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
+from autoprune.core.importance import Calibration
+from autoprune.core.policy import GroupChoice, Policy
+from autoprune.core.prune import Pruner, apply_policy
 from autoprune.errors import UserError
-from autoprune.importance import Calibration
-from autoprune.models import build_model
-from autoprune.policy import GroupChoice, Policy
-from autoprune.prune import Pruner, apply_policy
+from autoprune.task.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 import autoprune
-from autoprune.groups import resolve_ignore
-from autoprune.models import build_model
-from autoprune.policy import GroupChoice, Policy
-from autoprune.prune import Pruner, apply_unstructured
-from autoprune.reconstruct import dense_targets, reconstruct
+from autoprune.core.groups import resolve_ignore
+from autoprune.core.policy import GroupChoice, Policy
+from autoprune.core.prune import Pruner, apply_unstructured
+from autoprune.core.reconstruct import dense_targets, reconstruct
+from autoprune.task.models import build_model
 
 
 def uniform(pruner: Pruner, keep: float) -> Policy:
@@ -98,14 +98,3 @@ def test_refit_proxy_trials_skip_fine_tuning_and_score_the_refit_model(digits_de
     # the same policies (same sampler seed), each scored better after the refit
     assert [t.user_attrs["channels"] for t in runs[True]] == [t.user_attrs["channels"] for t in runs[False]]
     assert all(r.values[0] > p.values[0] for r, p in zip(runs[True], runs[False]))
-
-
-def test_cli_flag_turns_the_refit_on():
-    from autoprune.cli import _config_from_args, build_parser
-
-    def config(*flags: str):
-        return _config_from_args(build_parser().parse_args(["search", "--budget-flops", "0.5", *flags]))
-
-    assert config().reconstruct is False
-    on = config("--reconstruct", "--finetune-steps", "0")
-    assert on.reconstruct is True and on.finetune_steps == 0 and on.reconstruct_images == 1024

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 import autoprune
-from autoprune.config import SearchConfig
-from autoprune.groups import resolve_ignore
-from autoprune.measure import count_flops
-from autoprune.models import build_model
-from autoprune.pipeline import plan
-from autoprune.policy import GroupChoice, Policy
-from autoprune.prune import Pruner
-from autoprune.study import IDENTITY_DEFAULTS, check_identity
+from autoprune.core.groups import resolve_ignore
+from autoprune.core.measure.flops import count_flops
+from autoprune.core.policy import GroupChoice, Policy
+from autoprune.core.prune import Pruner
+from autoprune.policy_search.plan import plan
+from autoprune.policy_search.study import IDENTITY_DEFAULTS, check_identity
+from autoprune.task.config import SearchConfig
+from autoprune.task.models import build_model
 
 
 def test_the_head_stays_whole_and_the_stem_only_on_request():
@@ -60,19 +60,13 @@ def test_a_budget_below_reach_says_that_pruning_the_stem_reaches_it():
 
 @pytest.mark.parametrize(("key", "default"), sorted(IDENTITY_DEFAULTS.items()))
 def test_studies_stored_before_an_option_existed_resume_and_a_changed_choice_is_refused(key, default):
+    """A study stored before ``key`` existed resumes with today's default of it (so the stored
+    meaning must be SearchConfig's default), and is refused with any other value."""
     stored = {"config": {"model": "resnet20", "finetune_steps": 150}}  # no key: stored before it existed
-    check_identity("old", stored, {"model": "resnet20", "finetune_steps": 150, key: default})
+    today = getattr(SearchConfig(budget_flops="0.5"), key)
+    assert today == default, f"IDENTITY_DEFAULTS[{key!r}] = {default!r} but SearchConfig's default is {today!r}"
+    check_identity("old", stored, {"model": "resnet20", "finetune_steps": 150, key: today})
     changed = (not default if isinstance(default, bool) else "0.5" if default is None else
                default + 1 if isinstance(default, int) else default / 2 if isinstance(default, float) else default + "x")
     with pytest.raises(autoprune.UserError, match=re.escape(f"{key}: stored {default!r}, now {changed!r}")):
         check_identity("old", stored, {"model": "resnet20", "finetune_steps": 150, key: changed})
-
-
-def test_cli_flag_reaches_the_config():
-    from autoprune.cli import _config_from_args, build_parser
-
-    def config(*flags: str):
-        return _config_from_args(build_parser().parse_args(["search", "--budget-flops", "0.5", *flags]))
-
-    assert config().prune_stem is False
-    assert config("--prune-stem").prune_stem is True

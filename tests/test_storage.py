@@ -12,9 +12,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port
 
 import autoprune
+from autoprune.testing import free_port
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ STARTUP = {"tpe": 10, "nsga2": 16, "gp": 10}
 def test_every_sampler_runs_past_its_startup_and_respects_the_budget(sampler, dense, tmp_path, monkeypatch):
     """Each sampler runs two trials beyond its random start-up phase, and those are proposed by
     its own model (``sample_relative`` returns parameters), not by the random fallback."""
-    from autoprune import study as studies
+    from autoprune.policy_search import study as studies
 
     proposed = []
     real = studies.make_sampler
@@ -139,23 +139,20 @@ def test_optuna_dashboard_serves_the_study(dense, tmp_path):
         proc.wait(timeout=10)
 
 
-def test_free_space_samples_absolute_keep_levels(dense, tmp_path):
-    """``--space free`` (the README's option for a front across FLOPs): keep ratios on the grid,
-    no widths, the uniform warm start at the largest level that fits, every trial in budget."""
-    from autoprune.config import SearchConfig
-
-    study = small_search(dense, f"sqlite:///{tmp_path}/s.db", trials=3, study="free", space="free")
+def test_fill_space_spends_the_whole_budget_in_every_trial(dense, tmp_path):
+    """``--space fill``: per group a width and no spend level; the budget solve puts every
+    trial just under the budget; the first trial is uniform at the budget (width 0 everywhere)."""
+    study = small_search(dense, f"sqlite:///{tmp_path}/s.db", trials=3, study="fill", space="fill")
     budget = study.user_attrs["autoprune"]["budget"]["flops"]
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 3
-    levels = set(SearchConfig().keep_levels)
     for t in done:
-        keeps = [v for k, v in t.params.items() if k.endswith(":keep")]
-        assert keeps and set(keeps) <= levels and not any(k.endswith(":width") for k in t.params)
-        assert t.values[1] <= budget
+        assert t.params and all(k.endswith((":width", ":method")) for k in t.params), t.params
+        assert 0.8 * budget < t.values[1] <= budget
     for t in study.trials:  # the legacy list optuna-dashboard reads: feasible <= 0, over budget > 0
         assert (max(t.system_attrs["constraints"]) <= 0) == (t.state.name == "COMPLETE")
-    assert done[0].user_attrs["warm_start"].startswith("uniform l1 keep")
+    assert done[0].user_attrs["warm_start"] == "uniform l1 at the budget"
+    assert {v for k, v in done[0].params.items() if k.endswith(":width")} == {0}
 
 
 @pytest.mark.slow
@@ -177,7 +174,7 @@ def test_the_dashboard_renders_in_headless_chromium(dense, tmp_path):
 def test_front_space_spreads_trials_from_the_budget_down_to_the_floor(dense, tmp_path):
     """--space front: every trial is feasible, spends floor^(1 - s/8) of the budget for a
     sampled s, and the first one is uniform pruning at the budget."""
-    from autoprune.space import SPEND_STEPS
+    from autoprune.policy_search.space import SPEND_STEPS
 
     study = small_search(dense, f"sqlite:///{tmp_path}/s.db", trials=8, study="front", space="front",
                          sampler="random", keep_min=0.125)

@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoprune.data import TensorSplit
+from autoprune.core.batches import TensorSplit
+from autoprune.core.checkpoints import load_weights, save_state
+from autoprune.core.groups import resolve_ignore
+from autoprune.core.loops import distillation_loss, recalibrate_bn
 from autoprune.errors import UserError
-from autoprune.groups import resolve_ignore
-from autoprune.models import build_model
-from autoprune.train import distillation_loss, load_weights, recalibrate_bn, save_state
+from autoprune.task.models import build_model
 
 
 def test_distillation_loss_formula():

@@ -6,13 +6,13 @@ import random
 import optuna
 import pytest
 import torch
+from user_models import USER_MODELS
 
 import autoprune
-from autoprune.groups import resolve_ignore
-from autoprune.importance import Calibration
-from autoprune.policy import GroupChoice, Policy
-from autoprune.prune import Pruner
-from user_models import USER_MODELS
+from autoprune.core.groups import resolve_ignore
+from autoprune.core.importance import Calibration
+from autoprune.core.policy import GroupChoice, Policy
+from autoprune.core.prune import Pruner
 
 EXAMPLE = torch.zeros(1, 1, 12, 12)
 METHODS = ["l1", "l2", "fpgm", "taylor", "activation", "random"]
@@ -95,7 +95,7 @@ def test_a_search_on_user_models_has_no_failed_trial(name, tmp_path):
     model = USER_MODELS[name]()
     study = autoprune.search(
         model, (x[:64], y[:64]), (x[64:], y[64:]), EXAMPLE, budget_flops=0.8, storage=f"sqlite:///{tmp_path}/u.db",
-        study=name, trials=6, finetune_steps=2, sampler="random", space="free", keep_min=0.125,
+        study=name, trials=6, finetune_steps=2, sampler="random", space="fill", keep_min=0.125,
         methods=METHODS, progress=False, references=False, batch_size=16, threads=1, bn_batches=1, calib_images=16, prune_stem=True,
     )
     states = [t.state for t in study.trials]

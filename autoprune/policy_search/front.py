@@ -1,0 +1,190 @@
+"""Reading a study back: the Pareto front as a table, CSV, JSON and a PNG plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoprune.core.units import human
+from autoprune.policy_search import study as studies
+
+COLUMNS = ("trial", "feasible", "accuracy", "accuracy_before_finetune", "flops", "flops_ratio", "params",
+           "nonzeros", "latency_ms", "latency_ratio", "methods", "warm_start")
+
+
+def trial_row(trial: optuna.trial.FrozenTrial, dense_flops: int) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    methods = sorted({g["method"] for g in attrs.get("policy", {}).get("groups", {}).values()})
+    return {
+        "trial": trial.number,
+        "feasible": studies.is_feasible(trial),
+        "accuracy": trial.values[0],
+        "accuracy_before_finetune": attrs.get("accuracy_before_finetune"),
+        "flops": int(trial.values[1]),
+        "flops_ratio": trial.values[1] / dense_flops,
+        "params": attrs.get("params"),
+        "nonzeros": attrs.get("nonzeros"),
+        # with --budget-latency: measured against the dense model (latency.py); else None
+        "latency_ms": attrs.get("latency", {}).get("ms"),
+        "latency_ratio": attrs.get("latency", {}).get("ratio"),
+        "methods": "+".join(methods),
+        "warm_start": attrs.get("warm_start", ""),
+        "channels": attrs.get("channels", {}),
+    }
+
+
+def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Pareto-optimal COMPLETE trials (feasible ones marked), sorted by FLOPs."""
+    dense_flops = studies.info(study)["dense"]["flops"]
+    front = studies.pareto_front(studies.completed(study), list(study.directions))
+    return [trial_row(t, dense_flops) for t in front]
+
+
+def format_table(rows: list[dict[str, Any]], *, dense: dict[str, Any] | None = None) -> str:
+    timed = any(r.get("latency_ms") is not None for r in rows)  # a search with --budget-latency
+    latency = f"  {'latency':>16}" if timed else ""
+    header = (f"{'trial':>5}  {'feasible':>8}  {'val acc':>7}  {'before ft':>9}  {'FLOPs':>7}  {'of dense':>8}  "
+              f"{'params':>7}  {'nonzeros':>8}{latency}  methods")
+    lines = [header, "-" * len(header)]
+    if dense:
+        lines.append(f"{'dense':>5}  {'':>8}  {dense['val_accuracy']:7.4f}  {'':>9}  {human(dense['flops']):>7}  "
+                     f"{1:8.3f}  {human(dense['params']):>7}  {'':>8}" + (f"  {'1.000':>16}" if timed else ""))
+    for r in rows:
+        before = "" if r["accuracy_before_finetune"] is None else f"{r['accuracy_before_finetune']:.4f}"
+        ms = f"  {r['latency_ratio']:.3f} ({r['latency_ms']:.3g} ms)".rjust(18) if r.get("latency_ms") is not None else (
+            f"  {'':>16}" if timed else "")
+        lines.append(
+            f"{r['trial']:>5}  {'yes' if r['feasible'] else 'NO':>8}  {r['accuracy']:7.4f}  {before:>9}  "
+            f"{human(r['flops']):>7}  {r['flops_ratio']:8.3f}  {human(r['params'] or 0):>7}  "
+            f"{human(r['nonzeros'] or 0):>8}{ms}  {r['methods']}{'  (' + r['warm_start'] + ')' if r['warm_start'] else ''}"
+        )
+    return "\n".join(lines)
+
+
+def references_of(study: optuna.Study) -> dict[str, list[dict[str, Any]]]:
+    """The study's reference curves (see reference.py): {rule: [{"flops", "accuracy"}]}."""
+    return study.user_attrs.get("references", {}).get("curves", {})
+
+
+def hypervolumes(study: optuna.Study) -> dict[str, Any]:
+    """Hypervolume of the feasible front and of each reference curve, with the reference point
+    (accuracy 0, FLOPs = the budget) and FLOPs as a fraction of the budget."""
+    from autoprune.policy_search.reference import hypervolume
+
+    budget = studies.info(study)["budget"]["flops"]
+    feasible = [t for t in studies.completed(study) if studies.is_feasible(t)]
+    out: dict[str, Any] = {"reference_point": {"accuracy": 0.0, "flops": budget},
+                           "front": hypervolume([(t.values[0], t.values[1]) for t in feasible], max_flops=budget)}
+    for rule, points in references_of(study).items():
+        out[rule] = hypervolume([(p["accuracy"], p["flops"]) for p in points], max_flops=budget)
+    return out
+
+
+#: FLOPs within this fraction of a reference point count as no more than it
+LEVEL_TOLERANCE = 0.01
+
+
+def against_references(study: optuna.Study) -> list[dict[str, Any]]:
+    """For each reference point: the best feasible trial with no more FLOPs (within
+    ``LEVEL_TOLERANCE``: the solvers land a few hundred FLOPs either side of a level), and its
+    accuracy (``front``; ``trial`` None if no trial is that small)."""
+    feasible = [t for t in studies.completed(study) if studies.is_feasible(t)]
+    rows = []
+    for rule, points in references_of(study).items():
+        for p in sorted(points, key=lambda p: p["flops"]):
+            under = [t for t in feasible if t.values[1] <= p["flops"] * (1 + LEVEL_TOLERANCE)]
+            best = max(under, key=lambda t: (t.values[0], -t.values[1]), default=None)
+            rows.append({"rule": rule, "flops": p["flops"], "accuracy": p["accuracy"],
+                         "trial": best.number if best else None, "front": best.values[0] if best else None})
+    return rows
+
+
+def format_references(study: optuna.Study) -> str:
+    refs = references_of(study)
+    if not refs:
+        return ""
+    dense_flops = studies.info(study)["dense"]["flops"]
+    steps = study.user_attrs.get("references", {}).get("steps")
+    lines = [f"reference curves (the trials' recovery: {steps} fine-tune steps):",
+             f"{'rule':>18}  {'val acc':>7}  {'FLOPs':>7}  {'of dense':>8}"]
+    for rule, points in refs.items():
+        for p in sorted(points, key=lambda p: p["flops"]):
+            lines.append(f"{rule:>18}  {p['accuracy']:7.4f}  {human(p['flops']):>7}  {p['flops'] / dense_flops:8.3f}")
+    levels = against_references(study)
+    if levels:
+        lines.append(f"the front at each reference point (its best feasible trial with no more FLOPs, "
+                     f"{LEVEL_TOLERANCE:.0%} tolerance):")
+        for r in levels:
+            front = f"{r['front']:.4f} (trial {r['trial']})" if r["trial"] is not None else "none"
+            lines.append(f"{r['rule']:>18}  {r['accuracy']:7.4f}  {human(r['flops']):>7}  front {front}, "
+                         f"{r['front'] - r['accuracy']:+.4f}" if r["trial"] is not None else
+                         f"{r['rule']:>18}  {r['accuracy']:7.4f}  {human(r['flops']):>7}  front: no trial this small")
+    hv = hypervolumes(study)
+    point = hv.pop("reference_point")
+    lines.append(f"hypervolume (reference point: accuracy 0, {human(point['flops'])} FLOPs = the budget; FLOPs as a "
+                 "fraction of it): " + ", ".join(f"{k} {v:.4f}" for k, v in hv.items()))
+    return "\n".join(lines)
+
+
+def plot_front(study: optuna.Study, path: Path) -> Path:
+    """Accuracy vs FLOPs: every fine-tuned trial, the front, the dense model and the budget."""
+    from matplotlib.figure import (
+        Figure,  # no pyplot: the caller's matplotlib backend is left alone
+    )
+
+    info = studies.info(study)
+    dense = info["dense"]
+    trials = studies.completed(study)
+    front = studies.pareto_front(trials, list(study.directions))
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.subplots()
+    ax.scatter([t.values[1] / 1e6 for t in trials], [100 * t.values[0] for t in trials],
+               s=14, c="#9aa5b1", label=f"trials ({len(trials)})", zorder=2)
+    fx = [t.values[1] / 1e6 for t in front]
+    fy = [100 * t.values[0] for t in front]
+    budget_x = info["budget"]["flops"] / 1e6
+    ax.step(fx + [max(budget_x, fx[-1])] if fx else [], fy + fy[-1:], where="post", c="#d1495b", lw=1.5, zorder=3)
+    ax.scatter(fx, fy, s=30, c="#d1495b", label="Pareto front", zorder=4)
+    for t in trials:
+        if t.user_attrs.get("warm_start"):
+            ax.scatter([t.values[1] / 1e6], [100 * t.values[0]], marker="s", s=70, facecolors="none",
+                       edgecolors="k", label=t.user_attrs["warm_start"] + " (warm start)", zorder=5)
+    for (rule, points), marker in zip(references_of(study).items(), ("s", "^"), strict=False):
+        pts = sorted(points, key=lambda p: p["flops"])
+        ax.plot([p["flops"] / 1e6 for p in pts], [100 * p["accuracy"] for p in pts], ls=":", marker=marker, ms=5,
+                label=f"{rule} (reference)", zorder=3)
+    ax.scatter([dense["flops"] / 1e6], [100 * dense["val_accuracy"]], marker="*", s=160, c="#00798c",
+               label="dense", zorder=5)
+    ax.axvline(budget_x, ls="--", c="k", lw=1, label="FLOPs budget")
+    ax.set_xlabel("FLOPs (M; fvcore, 1 multiply-add = 1 flop)")
+    ax.set_ylabel("search-val accuracy (%)")
+    cfg = info["config"]
+    ax.set_title(f"{study.study_name}: {cfg['model']} on {cfg['dataset']}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def write_front(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
+    """front.csv, front.json and front.png under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = front_rows(study)
+    paths = {"csv": out_dir / "front.csv", "json": out_dir / "front.json", "png": out_dir / "front.png"}
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    info = studies.info(study)
+    paths["json"].write_text(json.dumps(
+        {"study": study.study_name, "dense": info["dense"], "budget": info["budget"], "front": rows,
+         "references": references_of(study), "against_references": against_references(study),
+         "hypervolume": hypervolumes(study)}, indent=1))
+    plot_front(study, paths["png"])
+    return paths
