@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import autoprune
-    from autoprune import train as train_module
-    from autoprune.data import TensorSplit
-    from autoprune.models import build_model
-    from autoprune.train import model_device, recover_model, train_dense
+    from autoprune.core import loops as train_module
+    from autoprune.core.batches import TensorSplit
+    from autoprune.core.loops import model_device, recover_model, train_dense
+    from autoprune.task.models import build_model
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return study, time.perf_counter() - t0
 
     train_module._on, train_module.finetune, train_module.evaluate = on, finetune, evaluate
-    import autoprune.objective as objective_module
+    import autoprune.policy_search.objective as objective_module
 
     objective_module.finetune, objective_module.evaluate = finetune, evaluate
     try:

@@ -41,13 +41,13 @@ def check(name: str, keep_min: float) -> dict:
     """Everything measured for one model (run in a child process)."""
     import torch
 
+    from autoprune.core.groups import resolve_ignore
+    from autoprune.core.importance import Calibration
+    from autoprune.core.measure.flops import count_flops
+    from autoprune.core.policy import GroupChoice, Policy
+    from autoprune.core.prune import Pruner
     from autoprune.errors import UserError
-    from autoprune.groups import resolve_ignore
-    from autoprune.importance import Calibration
-    from autoprune.measure import count_flops
-    from autoprune.models import build_model
-    from autoprune.policy import GroupChoice, Policy
-    from autoprune.prune import Pruner
+    from autoprune.task.models import build_model
 
     torch.set_num_threads(1)
     size = input_size(name)

@@ -11,14 +11,14 @@ each proxy with the recovered accuracy (mean over seeds) and its cost, and compa
 spread of recovered accuracy *between* policies with the seed-to-seed noise *within* one:
 where the first is not much larger, no search over policies can beat uniform by much.
 
-    python scripts/bench_proxy.py --budget 0.1 --policies 12 --steps 0,50,150,300 --recovery 430 --seeds 2
+    python -m scripts.bench.proxy --budget 0.1 --policies 12 --steps 0,50,150,300 --recovery 430 --seeds 2
 
 ``--refit-steps 0,50`` adds proxies that first refit the pruned layers to the dense outputs
 (``--reconstruct``), then fine-tune that many steps. ``--known results/bench_quality.json``
 adds that benchmark's b, d and e policies at the same budget, with the recovered accuracies
 it stored (the recovery is deterministic, so seed s there is seed s here).
 
-    python scripts/bench_proxy.py --model resnet20 --budget 0.15 --policies 4 --steps 0,150 \
+    python -m scripts.bench.proxy --model resnet20 --budget 0.15 --policies 4 --steps 0,150 \
         --refit-steps 0,50 --seeds 1 --known results/bench_quality.json
 """
 
@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,20 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from bench_quality import (  # scripts/ is on sys.path when run as a script
+    from scipy.stats import spearmanr
+
+    from autoprune.core.budget import fill_budget
+    from autoprune.core.loops import evaluate, finetune, recalibrate_bn
+    from autoprune.core.measure.flops import count_flops
+    from autoprune.core.policy import GroupChoice, Policy
+    from autoprune.core.reconstruct import dense_targets, reconstruct
+    from autoprune.core.units import resolve_budget
+    from autoprune.policy_search.space import WIDTH_RANGE, width
+    from scripts.bench.common import (
         load_bench_task,
         recover,
         uniform_policy,
     )
-    from scipy.stats import spearmanr
-
-    from autoprune.config import resolve_budget
-    from autoprune.measure import count_flops
-    from autoprune.policy import GroupChoice, Policy
-    from autoprune.reconstruct import dense_targets, reconstruct
-    from autoprune.budget import fill_budget
-    from autoprune.space import WIDTH_RANGE, width
-    from autoprune.train import evaluate, finetune, recalibrate_bn
 
     torch.set_num_threads(args.threads)
     # the benchmark's dense model and pruner (with its calibration images, for the known

@@ -8,9 +8,7 @@ evaluated on the TEST split, over several recovery seeds:
   a) autoprune: best feasible policy (search-val accuracy) of a TPE search of N trials;
   as) as a, warm-started with the sensitivity-derived policy too (--warm-start uniform,sensitivity);
   al) as a, in the ``local`` space: TPE around the sensitivity-derived policy (--space local);
-  ab) as a, in the ``blend`` space: the line from uniform to the sensitivity-derived policy,
-      its points tried coarse to fine (--space blend; at most 11 trials, the grid's size);
-  abc, alc) as ab, al, then ``autoprune confirm``: the search's --confirm-top best trials
+  alc) as al, then ``autoprune confirm``: the search's --confirm-top best trials
       recovered exactly as below but scored on search-val, and the best of those picked;
   ar) as a, but each trial's model is refit to the dense layers' outputs (least squares) and
                 scored after --refit-steps of fine-tuning (0: no fine-tune), so trials are
@@ -26,7 +24,10 @@ evaluated on the TEST split, over several recovery seeds:
                 recovered on its own (no search);
   and the dense model given the same extra training.
 
-    python scripts/bench_quality.py --tasks smallcnn --budgets 0.1,0.2,0.5 --trials 30
+    python -m scripts.bench.quality --tasks smallcnn --budgets 0.1,0.2,0.5 --trials 30
+
+(The blend-space contenders ab / abc went with ``--space blend`` on 2026-12-06; their rows stay in
+results/bench_quality_m2.json.)
 """
 
 from __future__ import annotations
@@ -39,70 +40,23 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TASKS = {"smallcnn": "smallcnn", "resnet20": "resnet20"}
-
-
-def uniform_policy(pruner, target: int):
-    """(b): L1 at one keep ratio for every group, the largest whose model meets ``target``
-    FLOPs (counted exactly); the policy and that ratio."""
-    from autoprune.budget import uniform_at_budget
-
-    policy = uniform_at_budget(pruner, target, "l1")
-    return policy, next(iter(policy.groups.values())).keep
-
-
-def uniform_model(pruner, target: int):
-    policy, r = uniform_policy(pruner, target)
-    return pruner.apply(policy)[0], f"keep {r:.3f}"
-
-
-def global_model(dense, example, ignored: list[str], target: int):
-    """Torch-Pruning's own global magnitude pruning, ratio solved for the FLOPs target (the
-    package's reference rule)."""
-    from autoprune.reference import global_magnitude
-
-    return global_magnitude(dense, example, ignored, target), "global magnitude"
-
-
-def load_bench_task(task_name: str, keep_min: float, space: str = "fill", threads: int = 1, prune_stem: bool = False):
-    """(search settings, budget-free config, task, dense model, ignored layers, pruner): what
-    every contender of a task starts from."""
-    from autoprune.baseline import get_dense
-    from autoprune.config import SearchConfig
-    from autoprune.task import calibration_of, load_config_task, pruner_of
-
-    # keep_min 0.125: at 0.1 of dense FLOPs, keep 0.25 everywhere is not small enough
-    base = {"model": TASKS[task_name], "dataset": "fashion-mnist", "keep_min": keep_min, "space": space,
-            "threads": threads, "prune_stem": prune_stem}
-    config = SearchConfig.from_dict({**base, "budget_flops": "1"})  # budget-free: task and dense only
-    task = load_config_task(config)
-    example = task.example_input()
-    dense = get_dense(config, task).model
-    # the same calibration images as the search, for taylor / activation policies
-    pruner = pruner_of(dense, example, config, calibration=calibration_of(config, task.train))
-    return base, config, task, dense, pruner.ignored, pruner
-
-
-def recover(model, task, seed: int, steps: int) -> float:
-    """The recovery every contender gets (``apply``'s: BN recalibration, ``steps`` of SGD
-    fine-tuning at lr 0.01 with ``seed``), then accuracy on the TEST split. The model is
-    copied, not changed."""
-    import copy
-
-    from autoprune.train import evaluate, recover_model
-
-    m = recover_model(copy.deepcopy(model), task.train, steps=steps, seed=seed)
-    return evaluate(m, task.test)
+from scripts.bench.common import (
+    ROOT,
+    global_model,
+    load_bench_task,
+    recover,
+    sensitivity_policy,
+    uniform_model,
+)
 
 
 def search_best(config, sampler: str, trials: int, steps: int, budget: str, study: str, storage: str,
                 early_stop: float = 0.0, reconstruct: bool = False, warm_start: list[str] | None = None):
     """Run (or top up) a search; return (best feasible policy, its trial, trials, trial-seconds)."""
-    from autoprune import study as studies
-    from autoprune.config import SearchConfig
-    from autoprune.pipeline import run_search
-    from autoprune.policy import Policy
+    from autoprune.core.policy import Policy
+    from autoprune.policy_search import study as studies
+    from autoprune.policy_search.run import run_search
+    from autoprune.task.config import SearchConfig
 
     cfg = SearchConfig.from_dict({**config, "budget_flops": budget, "sampler": sampler, "trials": trials,
                                   "finetune_steps": steps, "storage": storage, "study": study, "early_stop": early_stop,
@@ -129,9 +83,9 @@ def search_best(config, sampler: str, trials: int, steps: int, budget: str, stud
 def confirmed_best(storage: str, study: str, top: int, steps: int, seeds: int):
     """``autoprune confirm`` on a search's ``top`` trials (runs already stored are reused);
     return (the best confirmed policy, its trial, the confirmation seconds stored for them)."""
-    from autoprune import confirm
-    from autoprune import study as studies
-    from autoprune.policy import Policy
+    from autoprune.core.policy import Policy
+    from autoprune.policy_search import study as studies
+    from autoprune.ship import confirm
 
     s = studies.load(storage, study)
     trials = confirm.candidates(s, top=top)
@@ -153,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recovery-steps", type=int, default=430, help="one epoch of 55k images at batch 128")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--keep-min", type=float, default=0.125)
-    p.add_argument("--space", default="fill", help="search space of (a) and (d): fill (default) or free")
+    p.add_argument("--space", default="fill", help="search space of (a) and (d): fill (default) or front")
     p.add_argument("--prune-stem", action="store_true",
                    help="every contender may prune the stem's output channels too (search --prune-stem)")
     p.add_argument("--early-stop", type=float, default=0.0,
@@ -196,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from autoprune.config import resolve_budget
-    from autoprune.measure import count_flops, count_params, latency_ms
-    from autoprune.space import BLEND_MAX, BLEND_STEPS_PER_UNIT
+    from autoprune.core.measure.flops import count_flops, count_params, latency_ms
+    from autoprune.core.units import resolve_budget
 
     torch.set_num_threads(args.threads)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -223,10 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             """A search's top --confirm-top trials confirmed (autoprune confirm), the best recovered."""
             policy, best, secs = confirmed_best(args.storage, study_name, args.confirm_top, args.recovery_steps,
                                                 args.confirm_seeds)
-            t = f", t={best.params['blend'] / BLEND_STEPS_PER_UNIT:g}" if "blend" in best.params else ""
             return row(f"{label}, its top {args.confirm_top} re-scored after a {args.recovery_steps}-step recovery on "
                        f"search-val ({args.confirm_seeds} seed(s); autoprune confirm)", pruner.apply(policy)[0],
-                       f"trial {best.number}{t}", f"{n} trials, {cpu:.0f} s + confirm {secs:.0f} s", policy=policy)
+                       f"trial {best.number}", f"{n} trials, {cpu:.0f} s + confirm {secs:.0f} s", policy=policy)
 
         task_res = results.setdefault(task_name, {})
         if args.remeasure_latency:
@@ -272,21 +224,6 @@ def main(argv: list[str] | None = None) -> int:
                                     f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis", policy=policy))
                 if "alc" in which:
                     rows.append(confirmed_row("alc) as al", study_name, n, cpu))
-            if "ab" in which or "abc" in which:
-                wall = time.perf_counter()
-                n_blend = min(args.trials, BLEND_MAX + 1)  # the whole line; more trials would repeat points
-                stem = "-stem" if args.prune_stem else ""
-                study_name = f"{task_name}-{budget}-blend-{n_blend}{stem}-tpe"
-                policy, best, n, cpu = search_best({**base, "space": "blend"}, "tpe", n_blend, args.search_steps,
-                                                   budget, study_name, args.storage)
-                wall = time.perf_counter() - wall
-                if "ab" in which:
-                    t = best.params.get("blend", 0) / BLEND_STEPS_PER_UNIT
-                    rows.append(row("ab) autoprune (blend space, uniform to the sensitivity policy)",
-                                    pruner.apply(policy)[0], f"trial {best.number}, t={t:g}",
-                                    f"{n} trials, {cpu:.0f} s; {wall:.0f} s wall with the analysis", policy=policy))
-                if "abc" in which:
-                    rows.append(confirmed_row("abc) as ab", study_name, n, cpu))
             if "ar" in which:
                 policy, best, n, cpu = search_best(base, "tpe", args.refit_trials, args.refit_steps, budget,
                                                    f"{task_name}-{budget}-{args.space}-{args.refit_trials}-tpe-refit"
@@ -303,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row("b) uniform L1", model, note, "none"))
             if "bx" in which:
                 # the default search also fine-tunes the reference curves: 2 rules x 3 levels
-                from autoprune.reference import levels
+                from autoprune.policy_search.reference import levels
                 points = 2 * len(levels(target, 0.25)) if args.space == "front" else 0
                 n = a_trials if a_trials is not None else args.trials
                 steps = (n + points) * args.search_steps + args.recovery_steps
@@ -330,26 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         if "dense" in task_res:
             print(plot(task_name, task_res, out.with_name(f"{out.stem}-{task_name}.png")))
     return 0
-
-
-def sensitivity_policy(pruner, task, config, target: int, keep_min: float):
-    """What ``--warm-start sensitivity`` enqueues, without a search: the per-group sensitivity
-    analysis (cached), the greedy policy that meets the budget by pruning the least sensitive
-    groups first, and its keeps then scaled together to spend the budget as a ``fill`` trial
-    would (the anchor of the ``local`` and ``blend`` spaces, at width 0 / t = 1)."""
-    import dataclasses
-
-    from autoprune.budget import Budget, fill_budget
-    from autoprune.pipeline import sensitivity_policy as derive
-
-    result, derived = derive(pruner, Budget(flops=target), dataclasses.replace(config, keep_min=keep_min),
-                             task.train, task.val)
-    if derived is None:
-        raise SystemExit(f"no sensitivity-derived policy meets {target} FLOPs")
-    keeps = {gid: c.keep for gid, c in derived.groups.items()}
-    policy = fill_budget(keeps, "l1", predict=pruner.predict_flops, budget=target, keep_min=keep_min)
-    note = "keeps " + " ".join(f"{c.keep:.2f}" for c in policy.groups.values())
-    return policy, note, result.get("seconds", 0.0)  # the analysis' own time, also when cached
 
 
 def merge(outputs: list[dict]) -> dict:
@@ -387,9 +304,9 @@ def remeasure_latency(task_name: str, task_res: dict, dense, pruner, example, ig
     e by deriving the sensitivity policy again. The models are timed in ``rounds`` shuffled
     round-robin passes of 5 forward passes each, and each gets the median of its 5 x
     ``rounds`` times."""
-    from autoprune import study as studies
-    from autoprune.measure import latency_ms
-    from autoprune.policy import Policy
+    from autoprune.core.measure.flops import latency_ms
+    from autoprune.core.policy import Policy
+    from autoprune.policy_search import study as studies
 
     for budget, res in task_res.items():
         if budget == "dense":
@@ -501,7 +418,7 @@ def plot(task: str, task_res: dict, path: Path) -> Path:
 
 
 def format_table(task: str, budget: str, target: int, dense_flops: int, rows: list[dict], args) -> str:
-    from autoprune.config import human
+    from autoprune.core.units import human
 
     lines = [(f"\n{task} on Fashion-MNIST, budget {budget} ({human(target)} of {human(dense_flops)} FLOPs); "
               f"recovery {args.recovery_steps} steps x {args.seeds} seeds; test split"),

@@ -9,7 +9,7 @@ timestamps) and the whole command (trials / its wall time, with process start-up
 set-up). PostgreSQL by default when Debian's server binaries are installed (a throwaway
 cluster, as in the tests), else SQLite.
 
-    python scripts/bench_workers.py --workers 2 --trials 12 --rounds 2
+    python -m scripts.bench.workers --workers 2 --trials 12 --rounds 2
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(storage: str, study: str, workers: int, args: argparse.Namespace, work: Path) -> dict:
@@ -64,8 +64,7 @@ def main() -> int:
     server = None
     storage = args.storage
     if storage is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import PG_BIN, PostgresServer
+        from autoprune.testing import PG_BIN, PostgresServer
 
         if (PG_BIN / "initdb").exists():
             server = PostgresServer()

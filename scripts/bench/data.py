@@ -12,7 +12,7 @@ each N:
 
 Peak memory must not grow with the number of images: nothing holds the decoded dataset.
 
-    python scripts/bench_data.py --sizes 5000,20000
+    python -m scripts.bench.data --sizes 5000,20000
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_folder(root: Path, n_train: int, size: int = 224, classes: int = 10) -> float:
@@ -56,7 +56,7 @@ def decode_rate(root: Path, images: int, workers: int) -> float:
     """Training images per second through the DataLoader (decode + augmentation + normalisation)."""
     import torch
 
-    from autoprune.data import load_task
+    from autoprune.task.splits import load_task
 
     task = load_task("imagefolder", root=root, image_size=224, val_size=200)
     sub = task.train.subset(torch.arange(min(images, len(task.train))))
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from autoprune.models import build_model
-    from autoprune.train import save_state
+    from autoprune.core.checkpoints import save_state
+    from autoprune.task.models import build_model
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peak RSS {rows[-1]['train_images']} vs {rows[0]['train_images']} images: {growth:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": "python scripts/bench_data.py " + " ".join(argv or sys.argv[1:]),
+    out.write_text(json.dumps({"command": "python -m scripts.bench.data " + " ".join(argv or sys.argv[1:]),
                                "threads": args.threads, "cores": os.cpu_count(), "rows": rows}, indent=1))
     return 0
 

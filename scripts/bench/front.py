@@ -9,7 +9,7 @@ The same task, dense checkpoint, budget, sampler seed and number of trials for b
   every benchmark contender is (BN recalibration + ``--recovery-steps``, seeds 0..n-1) and
   scored on the TEST split: the front must not lose the budget's best point.
 
-    python scripts/bench_front.py --budget 0.5 --trials 25
+    python -m scripts.bench.front --budget 0.5 --trials 25
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from bench_quality import load_bench_task, recover  # scripts/ is on sys.path when run as a script
 
-    from autoprune import report
-    from autoprune import study as studies
-    from autoprune.config import SearchConfig
-    from autoprune.pipeline import run_search
-    from autoprune.policy import Policy
+    from autoprune.core.policy import Policy
+    from autoprune.policy_search import front as report
+    from autoprune.policy_search import study as studies
+    from autoprune.policy_search.run import run_search
+    from autoprune.task.config import SearchConfig
+    from scripts.bench.common import load_bench_task, recover
 
     torch.set_num_threads(args.threads)
     base, _, task, _, _, pruner = load_bench_task(args.task, 0.25, threads=args.threads)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
               f"); {len(at_budget)} trials at the budget, FLOPs {min(flops):.2f}-{max(flops):.2f} of it; best at the "
               f"budget: trial {best.number}, search-val {best.values[0]:.4f}, test {100 * statistics.mean(accs):.2f} ± "
               f"{100 * rows[space]['best_at_budget']['test_std']:.2f}", flush=True)
-    Path(args.out).write_text(json.dumps({"command": "python scripts/bench_front.py " + " ".join(argv or sys.argv[1:]),
+    Path(args.out).write_text(json.dumps({"command": "python -m scripts.bench.front " + " ".join(argv or sys.argv[1:]),
                                           "task": args.task, "budget": args.budget, "trials": args.trials,
                                           "rows": rows}, indent=1))
     return 0

@@ -6,7 +6,7 @@ fine-tune, evaluation) alternately with each thread count, several rounds, in on
 Also runs W worker processes at once (as ``autoprune search`` workers sharing one study
 would), each with T threads, and reports their aggregate trials per minute.
 
-    python scripts/bench_threads.py --threads 1,2 --rounds 3 --workers 2
+    python -m scripts.bench.threads --threads 1,2 --rounds 3 --workers 2
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def setup(budget: str):
-    from autoprune.baseline import get_dense
-    from autoprune.config import SearchConfig, resolve_budget
-    from autoprune.measure import count_flops
-    from autoprune.policy import Policy
-    from autoprune.task import load_config_task, pruner_of
+    from autoprune.core.measure.flops import count_flops
+    from autoprune.core.policy import Policy
+    from autoprune.core.units import resolve_budget
+    from autoprune.task.baseline import get_dense
+    from autoprune.task.config import SearchConfig
+    from autoprune.task.setup import load_config_task, pruner_of
 
     config = SearchConfig.from_dict({"model": "smallcnn", "budget_flops": budget})
     task = load_config_task(config)
@@ -40,8 +41,8 @@ def setup(budget: str):
 
 
 def one_trial(task, pruner, target: int, steps: int) -> float:
-    from autoprune.budget import uniform_at_budget
-    from autoprune.train import evaluate, recover_model
+    from autoprune.core.budget import uniform_at_budget
+    from autoprune.core.loops import evaluate, recover_model
 
     t = time.perf_counter()
     policy = uniform_at_budget(pruner, target, keep_min=0.125, exact=False)

@@ -16,7 +16,7 @@ at batch 1; the fastest by each runtime joins the shuffled rounds above, so its 
 measured again side by side with every other model, not taken from the search's own
 (optimistically chosen) measurement.
 
-    python scripts/bench_speedup.py --threads 1 --search 24
+    python -m scripts.bench.speedup --threads 1 --search 24
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = {"stem kept (default)": {}, "stem pruned": {"prune_stem": True}, "round to 8": {"round_to": 8},
             "stem pruned, round to 8": {"prune_stem": True, "round_to": 8}}
 
@@ -38,11 +38,11 @@ def latency_search(dense, example, name: str, args) -> dict:
     """{runtime: (the fastest of ``args.search`` random policies at the budget, its measured
     latency ratio)}: fill-space policies (random relative widths, the scale solved for the
     FLOPs budget), rounded to 8, timed by autoprune's latency meter at batch 1."""
-    from autoprune.budget import fill_budget
-    from autoprune.config import SearchConfig
-    from autoprune.latency import LatencyMeter
-    from autoprune.measure import count_flops
-    from autoprune.task import pruner_of
+    from autoprune.core.budget import fill_budget
+    from autoprune.core.measure.flops import count_flops
+    from autoprune.core.measure.latency import LatencyMeter
+    from autoprune.task.config import SearchConfig
+    from autoprune.task.setup import pruner_of
 
     config = SearchConfig.from_dict({"model": name, "budget_flops": str(args.budget), "round_to": 8})
     pruner = pruner_of(dense, example, config)
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from autoprune import onnx_export as ox
-    from autoprune.budget import uniform_at_budget
-    from autoprune.config import SearchConfig
-    from autoprune.measure import count_flops, latency_ms
-    from autoprune.models import build_model
-    from autoprune.task import pruner_of
+    from autoprune.core.budget import uniform_at_budget
+    from autoprune.core.measure import onnx as ox
+    from autoprune.core.measure.flops import count_flops, latency_ms
+    from autoprune.task.config import SearchConfig
+    from autoprune.task.models import build_model
+    from autoprune.task.setup import pruner_of
 
     torch.set_num_threads(args.threads)
     example = torch.zeros(1, 3, args.size, args.size)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['model']} | {r['variant']} | {r['runtime']} | {r['batch']} | {r['flops_ratio']:.2f}x | "
               f"{r['speedup']:.2f}x | {r['merit']:.2f} |")
-    Path(args.out).write_text(json.dumps({"command": "python scripts/bench_speedup.py " + " ".join(argv or sys.argv[1:]),
+    Path(args.out).write_text(json.dumps({"command": "python -m scripts.bench.speedup " + " ".join(argv or sys.argv[1:]),
                                           "size": args.size, "threads": args.threads, "rows": rows}, indent=1))
     return 0
 

@@ -5,7 +5,7 @@ The same policy (uniform L1 at the budget, or the sensitivity-derived one), the 
 checkpoint, the same total fine-tune steps (``--steps``, split evenly over the k rounds) and
 seeds; test accuracy, mean and std over ``--seeds``. This is ``autoprune apply --steps k``.
 
-    python scripts/bench_progressive.py --task smallcnn --budget 0.1 --k 1,3 --seeds 3
+    python -m scripts.bench.progressive --task smallcnn --budget 0.1 --k 1,3 --seeds 3
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,12 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from bench_quality import load_bench_task, sensitivity_policy  # scripts/ is on sys.path when run as a script
 
-    from autoprune.budget import uniform_at_budget
-    from autoprune.measure import count_flops
-    from autoprune.replay import recover
-    from autoprune.train import evaluate
+    from autoprune.core.budget import uniform_at_budget
+    from autoprune.core.loops import evaluate
+    from autoprune.core.measure.flops import count_flops
+    from autoprune.ship.replay import recover
+    from scripts.bench.common import load_bench_task, sensitivity_policy
 
     torch.set_num_threads(args.threads)
     _, config, task, dense, _, pruner = load_bench_task(args.task, args.keep_min, threads=args.threads, prune_stem=True)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                    "flops": flops, "seconds": statistics.mean(seconds)}
         print(f"k={k}: test {100 * rows[k]['mean']:.2f} ± {100 * rows[k]['std']:.2f} ({', '.join(f'{100 * a:.2f}' for a in accs)}), "
               f"{flops:,} FLOPs, {rows[k]['seconds']:.0f} s per run", flush=True)
-    Path(args.out).write_text(json.dumps({"command": "python scripts/bench_progressive.py " + " ".join(argv or sys.argv[1:]),
+    Path(args.out).write_text(json.dumps({"command": "python -m scripts.bench.progressive " + " ".join(argv or sys.argv[1:]),
                                           "task": args.task, "budget": args.budget, "policy": args.policy,
                                           "steps": args.steps, "rows": rows}, indent=1))
     return 0

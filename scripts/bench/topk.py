@@ -12,7 +12,7 @@ gain. With ``--k`` at least the study's size (and ``--seeds 1``), every trial is
 the best of them by test accuracy is an oracle ceiling for what any selection among those
 trials could reach.
 
-    python scripts/bench_topk.py --task smallcnn --budget 0.1 \\
+    python -m scripts.bench.topk --task smallcnn --budget 0.1 \\
         --studies smallcnn-0.1-fill-30-tpe,smallcnn-0.1-fill-30-random --k 5
 """
 
@@ -24,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    from bench_quality import (  # scripts/ is on sys.path when run as a script
+    from scipy.stats import spearmanr
+
+    from autoprune.core.policy import Policy
+    from autoprune.policy_search import study as studies
+    from scripts.bench.common import (
         load_bench_task,
         recover,
     )
-    from scipy.stats import spearmanr
-
-    from autoprune import study as studies
-    from autoprune.policy import Policy
 
     torch.set_num_threads(args.threads)
     _, _, task, _, _, pruner = load_bench_task(args.task, args.keep_min, threads=args.threads,
