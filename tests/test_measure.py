@@ -37,14 +37,14 @@ def test_pruned_flops_equal_hand_count_of_smaller_net(two_conv):
 
 def test_params_and_nonzeros(two_conv):
     expected = 4 * 9 + 2 * 4 + 6 * 4 * 9 + 2 * 6 + 6 * 3 + 3
-    assert count_params(two_conv) == expected == 291
+    assert count_params(two_conv) == expected == 293
     with torch.no_grad():
         for p in two_conv.parameters():
             p.fill_(0.5)
         two_conv.conv2.weight[0].zero_()  # one output filter: 4 x 3 x 3 weights
         two_conv.bn1.bias.zero_()  # 4 more
         two_conv.fc.weight[2, :3] = 0.0  # 3 more
-    assert count_nonzeros(two_conv) == 291 - 36 - 4 - 3
+    assert count_nonzeros(two_conv) == 293 - 36 - 4 - 3
 
 
 class StemBlockHead(torch.nn.Module):
