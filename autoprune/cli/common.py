@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import UserError
+from autoprune.task.config import STUDY_NAME, SearchConfig, load_toml
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The SearchConfig of ``search`` / ``sensitivity``: defaults < ``--config`` TOML < flags."""
-    from autoprune.task.config import SearchConfig
-
     lists = {f.name for f in dataclasses.fields(SearchConfig) if str(f.type).startswith("list")}
     overrides = {k: v for k, v in vars(args).items() if k in SearchConfig.field_names()}
     for key in lists:
@@ -24,8 +23,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def storage_and_study(args: argparse.Namespace) -> tuple[str, str | None]:
-    from autoprune.task.config import STUDY_NAME, SearchConfig, load_toml
-
     if args.study is not None and not STUDY_NAME.fullmatch(args.study):
         raise UserError(f"--study {args.study!r} is not a valid study name: use letters, digits, '_', '-' and '.', "
                         "starting with a letter or digit")

@@ -91,13 +91,13 @@ class SearchConfig:
                                     "(5ms); alone, the FLOPs budget becomes uniform pruning's at that latency",
                                     metavar="L")
     latency_batch: int = _f(1, "budget", "images per forward pass when latency is measured")
-    latency_runtime: str = _f("torch", "budget", "what latency is measured in: torch (on --device) or "
-                              "onnxruntime (CPU, as apply ships it)", metavar="RUNTIME")
+    latency_runtime: str = _f("torch", "budget", f"what latency is measured in: {' or '.join(LATENCY_RUNTIMES)} "
+                              "(torch on --device; onnxruntime on the CPU, as apply ships it)", metavar="RUNTIME")
     params_objective: bool = _f(False, "budget", "also minimise parameters (a third objective)")
     # search
     trials: int = _f(25, "search", "trials to fine-tune in this run (rejected policies do not count)")
     timeout: float | None = _f(None, "search", "stop starting trials after this many seconds")
-    sampler: str = _f("tpe", "search", "tpe, nsga2, random or gp", metavar="NAME")
+    sampler: str = _f("tpe", "search", ", ".join(SAMPLERS), metavar="NAME")
     space: str = _f("front", "search", "front: each trial picks how much of the budget to spend and where, so "
                     "one search gives a curve; fill: every trial spends the whole budget; local: fill around "
                     "the policy the sensitivity analysis derives", metavar="NAME")
@@ -112,7 +112,7 @@ class SearchConfig:
                            "the stem unless --prune-stem)")
     prune_stem: bool = _f(False, "search", "also prune the stem's output channels and every channel coupled "
                           "to them (in a ResNet, the first stage's residual stream)")
-    warm_start: list[str] = _f(["uniform"], "search", "first trials of a new study: uniform, sensitivity")
+    warm_start: list[str] = _f(["uniform"], "search", f"first trials of a new study: {', '.join(WARM_STARTS)}")
     references: bool = _f(True, "output", "skip the reference curves (uniform L1 and global magnitude at a "
                           "few FLOPs levels; cached per dense model)", flag="--no-references")
     front_floor: float = _f(0.25)  # the lowest spend / reference level, as a fraction of the budget
@@ -123,7 +123,8 @@ class SearchConfig:
     batch_size: int = _f(128, "recovery", "images per mini-batch")
     bn_batches: int = _f(20)  # mini-batches that re-estimate BatchNorm statistics after pruning
     calib_images: int = _f(256)  # training images for taylor / activation importance
-    distill: str = _f("off", "recovery", "distil from the dense model while fine-tuning: off, on, search", metavar="MODE")
+    distill: str = _f("off", "recovery", f"distil from the dense model while fine-tuning: {', '.join(DISTILL)}",
+                      metavar="MODE")
     prune_steps: int = _f(1, "recovery", "reach each trial's policy in this many rounds of pruning and "
                           "fine-tuning")
     reconstruct: bool = _f(False, "recovery", "refit each pruned model's layers to the dense outputs (least "
@@ -137,7 +138,7 @@ class SearchConfig:
     threads: int | None = _f(None, "scale-out", "CPU threads per process (default: one per physical core; with "
                              "--workers N, cores // N)")
     device: str = _f("auto", "scale-out", "auto (CUDA when available), cpu, cuda, cuda:N, mps", metavar="DEVICE")
-    amp: str = _f("off", "scale-out", "mixed precision on CUDA: bf16, fp16 or off", metavar="MODE")
+    amp: str = _f("off", "scale-out", f"mixed precision on CUDA: {', '.join(AMP)}", metavar="MODE")
     data_workers: int | None = _f(None, "scale-out", "DataLoader processes for data read per batch (default: "
                                   "min(4, cores - 1))")
     heartbeat: int = _f(30)  # seconds between a running trial's heartbeats; 3 missed: the trial is retried
