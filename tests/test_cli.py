@@ -4,6 +4,7 @@ SQLite study; then the study is opened with plain Optuna. Plus every bad-input c
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -66,7 +67,8 @@ def test_front_prints_table_and_writes_files(searched):
     flops = [row["flops"] for row in front]
     assert flops == sorted(flops)
     r = run_in_process("front", "--study", "digits-test", cwd=searched)
-    assert "feasible" in r.stdout and "dense" in r.stdout
+    assert "feasible" in r.stdout and "dense" in r.stdout and "compute" in r.stdout.splitlines()[0]
+    assert "0.00 in the reference curves" in r.stdout  # --no-references
     assert (searched / "studies" / "digits-test" / "front.csv").read_text().startswith("trial,feasible,accuracy")
 
 
@@ -87,6 +89,13 @@ def test_apply_best_exports_a_rebuildable_model(searched, tmp_path):
     assert report["pruned"]["params"] < report["dense"]["params"]
     assert 0.2 < report["pruned"]["test_accuracy"] <= 1
     assert "| test accuracy |" in r.stdout
+    # compute: the recovery's 30 steps of 128 images, forward and backward, at the pruned FLOPs, exactly
+    compute = report["compute"]
+    assert compute["apply"]["flops"]["train"] == 30 * 128 * 3 * report["pruned"]["flops"]
+    assert compute["apply"]["flops"]["forward"] >= 360 * report["pruned"]["flops"]  # the 360 test images at least
+    assert compute["search"]["trials"] >= 5 and compute["search"]["flops"]["references"] == 0  # --no-references
+    assert compute["search"]["dense_epochs"]["total"] > 0
+    assert "Compute, in dense epochs" in (tmp_path / "x" / "report.md").read_text()
     # rebuild from the dense checkpoint + policy.json + model.pt, without unpickling
     from autoprune.core.checkpoints import load_weights
     from autoprune.ship.apply import load_pruned
@@ -343,6 +352,13 @@ def test_confirm_rescores_the_top_trials_as_apply_recovers_them(searched, tmp_pa
     for runs in stored.values():
         assert [(r["steps"], r["seed"]) for r in runs] == [(20, 0), (20, 1)]
         assert all(0 < r["accuracy"] <= 1 and r["seconds"] >= 0 for r in runs)
+    # each run is charged (20 steps of 128 images, forward and backward, and more) and counts in the search's compute
+    from autoprune.policy_search.front import compute_spent
+
+    flops = {t.number: t.values[1] for t in study.trials if t.state.name == "COMPLETE"}
+    for key, runs in stored.items():
+        assert all(r["compute_flops"] > 20 * 128 * 3 * flops[int(key.split(":")[1])] for r in runs)
+    assert compute_spent(study)["flops"]["confirm"] == sum(r["compute_flops"] for rs in stored.values() for r in rs)
     # the seed-0 run is the model apply exports for the same steps, scored on search-val
     n = top2[0]
     assert main(["apply", "--study", "digits-test", "--trial", str(n), "--finetune-steps", "20", "--quiet",
@@ -673,6 +689,7 @@ def test_reference_curves_are_measured_once_per_dense_model_and_shown_with_the_h
     assert main(["search", *args, "--budget-flops", "0.4", "--trials", "2", "--study", "refs"]) == 0
     out = capsys.readouterr().out
     assert "reference curves (the trials' recovery: 15 fine-tune steps):" in out and "hypervolume (reference point" in out
+    assert re.search(r"compute: [0-9.]+ dense epochs \([0-9.]+ in \d+ trials, [0-9.]+ in the reference curves", out), out
     study = load_study_named(searched, "refs")
     budget = study.user_attrs["autoprune"]["budget"]["flops"]
     curves = study.user_attrs["references"]["curves"]
@@ -684,6 +701,11 @@ def test_reference_curves_are_measured_once_per_dense_model_and_shown_with_the_h
         assert all(p["flops"] <= p["target"] and 0 <= p["accuracy"] <= 1 for p in points)
     assert main(["front", "--study", "refs", "--format", "json"]) == 0
     shown = json.loads(capsys.readouterr().out)
+    # each point's recovery is charged: 15 steps of 128 images, forward and backward, at its FLOPs, and more
+    assert all(p["compute_flops"] > 15 * 128 * 3 * p["flops"] for points in curves.values() for p in points)
+    spent = shown["compute"]["flops"]
+    assert spent["references"] == sum(p["compute_flops"] for points in curves.values() for p in points)
+    assert spent["total"] == spent["references"] + spent["trials"] > spent["references"]
     assert shown["references"] == curves and set(shown["hypervolume"]) == {"reference_point", "front", *curves}
     assert shown["hypervolume"]["reference_point"] == {"accuracy": 0.0, "flops": budget}
     assert 0 < shown["hypervolume"]["front"] < 1

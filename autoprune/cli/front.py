@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
         print(report.format_table(rows, dense=studies.info(study)["dense"]))
         if report.references_of(study):
             print("\n" + report.format_references(study))
+        print("\n" + report.format_compute(study))
     elif args.format == "csv":
         sys.stdout.write(paths["csv"].read_text())
     else:

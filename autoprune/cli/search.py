@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(report.format_table(rows, dense=info["dense"]))
         if report.references_of(study):
             print("\n" + report.format_references(study))
+        print("\n" + report.format_compute(study))
         print(f"\nfront: {paths['csv']}, {paths['json']}\nplot:  {paths['png']}")
     print(f"dashboard: optuna-dashboard {config.storage_url} --artifact-dir {info['artifacts']}")
     best = confirm.best_confirmed(study)

@@ -13,7 +13,7 @@ from autoprune.core.units import human
 from autoprune.policy_search import study as studies
 
 COLUMNS = ("trial", "feasible", "accuracy", "accuracy_before_finetune", "flops", "flops_ratio", "params",
-           "nonzeros", "latency_ms", "latency_ratio", "methods", "warm_start")
+           "nonzeros", "latency_ms", "latency_ratio", "compute", "methods", "warm_start")
 
 
 def trial_row(trial: optuna.trial.FrozenTrial, dense_flops: int) -> dict[str, Any]:
@@ -31,6 +31,8 @@ def trial_row(trial: optuna.trial.FrozenTrial, dense_flops: int) -> dict[str, An
         # with --budget-latency: measured against the dense model (latency.py); else None
         "latency_ms": attrs.get("latency", {}).get("ms"),
         "latency_ratio": attrs.get("latency", {}).get("ratio"),
+        # what the trial spent, in dense epochs (core/compute.py); None in studies made before 2026-12-06
+        "compute": attrs.get("compute", {}).get("dense_epochs"),
         "methods": "+".join(methods),
         "warm_start": attrs.get("warm_start", ""),
         "channels": attrs.get("channels", {}),
@@ -48,11 +50,11 @@ def format_table(rows: list[dict[str, Any]], *, dense: dict[str, Any] | None = N
     timed = any(r.get("latency_ms") is not None for r in rows)  # a search with --budget-latency
     latency = f"  {'latency':>16}" if timed else ""
     header = (f"{'trial':>5}  {'feasible':>8}  {'val acc':>7}  {'before ft':>9}  {'FLOPs':>7}  {'of dense':>8}  "
-              f"{'params':>7}  {'nonzeros':>8}{latency}  methods")
+              f"{'params':>7}  {'nonzeros':>8}{latency}  {'compute':>7}  methods")
     lines = [header, "-" * len(header)]
     if dense:
         lines.append(f"{'dense':>5}  {'':>8}  {dense['val_accuracy']:7.4f}  {'':>9}  {human(dense['flops']):>7}  "
-                     f"{1:8.3f}  {human(dense['params']):>7}  {'':>8}" + (f"  {'1.000':>16}" if timed else ""))
+                     f"{1:8.3f}  {human(dense['params']):>7}  {'':>8}" + (f"  {'1.000':>16}" if timed else "") + f"  {'':>7}")
     for r in rows:
         before = "" if r["accuracy_before_finetune"] is None else f"{r['accuracy_before_finetune']:.4f}"
         ms = f"  {r['latency_ratio']:.3f} ({r['latency_ms']:.3g} ms)".rjust(18) if r.get("latency_ms") is not None else (
@@ -60,9 +62,42 @@ def format_table(rows: list[dict[str, Any]], *, dense: dict[str, Any] | None = N
         lines.append(
             f"{r['trial']:>5}  {'yes' if r['feasible'] else 'NO':>8}  {r['accuracy']:7.4f}  {before:>9}  "
             f"{human(r['flops']):>7}  {r['flops_ratio']:8.3f}  {human(r['params'] or 0):>7}  "
-            f"{human(r['nonzeros'] or 0):>8}{ms}  {r['methods']}{'  (' + r['warm_start'] + ')' if r['warm_start'] else ''}"
+            f"{human(r['nonzeros'] or 0):>8}{ms}  {'' if r.get('compute') is None else format(r['compute'], '.3f'):>7}"
+            f"  {r['methods']}{'  (' + r['warm_start'] + ')' if r['warm_start'] else ''}"
         )
     return "\n".join(lines)
+
+
+def compute_spent(study: optuna.Study) -> dict[str, Any]:
+    """What the search spent, in FLOPs and in dense epochs (core/compute.py): every trial's,
+    whatever its state, the reference curves' (measured once per dense model, then cached) and
+    ``autoprune confirm``'s runs. Training the dense model is not included: it is the starting
+    point of every contender."""
+    epoch = studies.info(study)["dense"].get("epoch_flops")
+    trials = study.get_trials(deepcopy=False)
+    confirmed = [r for k, v in study.user_attrs.items() if k.startswith("confirm:") for r in v.get("runs", [])]
+    spent = {"trials": sum(int(t.user_attrs.get("compute", {}).get("total_flops", 0)) for t in trials),
+             "references": sum(int(p.get("compute_flops", 0)) for points in references_of(study).values()
+                               for p in points),
+             "confirm": sum(int(r.get("compute_flops", 0)) for r in confirmed)}
+    spent["total"] = sum(spent.values())
+    return {"flops": spent, "epoch_flops": epoch, "trials": len(trials),
+            "dense_epochs": {k: round(v / epoch, 4) for k, v in spent.items()} if epoch else None,
+            "dense_training_epochs": studies.info(study)["dense"].get("training_dense_epochs")}
+
+
+def format_compute(study: optuna.Study) -> str:
+    """One line: the search's compute in dense epochs, split into trials and reference curves."""
+    c = compute_spent(study)
+    if c["dense_epochs"] is None:
+        return "compute: not recorded (a study made before 2026-12-06)"
+    d = c["dense_epochs"]
+    confirm = f", {d['confirm']:.2f} in autoprune confirm" if c["flops"]["confirm"] else ""
+    return (f"compute: {d['total']:.2f} dense epochs ({d['trials']:.2f} in {c['trials']} trials, "
+            f"{d['references']:.2f} in the reference curves{confirm}; 1 dense epoch = {human(c['epoch_flops'])} "
+            "FLOPs: every train image forward and backward through the dense model)"
+            + (f"; apart from it, the dense baseline trained {c['dense_training_epochs']} dense epochs"
+               if c["dense_training_epochs"] else ""))
 
 
 def references_of(study: optuna.Study) -> dict[str, list[dict[str, Any]]]:
@@ -185,6 +220,7 @@ def write_front(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(
         {"study": study.study_name, "dense": info["dense"], "budget": info["budget"], "front": rows,
          "references": references_of(study), "against_references": against_references(study),
+         "compute": compute_spent(study),
          "hypervolume": hypervolumes(study)}, indent=1))
     plot_front(study, paths["png"])
     return paths

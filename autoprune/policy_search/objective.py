@@ -17,8 +17,9 @@ from torch import nn
 
 from autoprune.core.batches import Split
 from autoprune.core.budget import Budget, fill_budget
+from autoprune.core.compute import Ledger, dense_epoch_flops
 from autoprune.core.device import Runtime
-from autoprune.core.loops import evaluate, finetune, recalibrate_bn
+from autoprune.core.loops import evaluate, finetune, model_device, recalibrate_bn
 from autoprune.core.measure.flops import count_flops, count_nonzeros, count_params
 from autoprune.core.measure.latency import LatencyMeter
 from autoprune.core.policy import Policy
@@ -91,6 +92,10 @@ class Objective:
         self._teacher: nn.Module | None = None
         self._flops: dict[tuple[int, ...], int] = {}
         self._val_head = {n: val.head(n) for n in {settings.before_images, settings.early_stop_images}}
+        #: compute is charged in FLOPs of the networks that ran (core/compute.py), per trial
+        self.dense_flops = count_flops(pruner.dense, pruner.example_input)
+        self.epoch_flops = dense_epoch_flops(self.dense_flops, len(train))
+        self._ledger = Ledger()
 
     def _progressive(self, trial: optuna.Trial, policy: Policy, flops: int, seconds: dict[str, float],
                      t0: float) -> tuple[float, ...]:
@@ -102,6 +107,7 @@ class Objective:
         seed = s.seed + trial.number
 
         def train(model: nn.Module, n: int, label: str) -> None:
+            self._ledger.watch(model, count_flops(model, self.pruner.example_input.to(model_device(model))))
             recalibrate_bn(model, self.bn_data, num_batches=s.bn_batches, batch_size=s.batch_size, seed=seed,
                            workers=rt.workers)
             finetune(model, self.train, steps=n, batch_size=s.batch_size, lr=s.finetune_lr, seed=seed,
@@ -132,6 +138,7 @@ class Objective:
         if self._teacher is None:
             dense = self.pruner.dense
             self._teacher = dense if self.runtime.device.type == "cpu" else copy.deepcopy(dense).to(self.runtime.device)
+        self._ledger.watch(self._teacher, self.dense_flops, dense=True)  # distillation's passes count
         return self._teacher
 
     def fit(self, widths: dict[str, float], methods: str | dict[str, str], fraction: float = 1.0) -> Policy:
@@ -190,7 +197,22 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         """One trial. A failure of the pruned network (or of anything else in the trial) is
         stored as the trial's ``reason`` and raised as :class:`TrialFailed`, which the
-        optimisation loop records as a failed trial and goes on."""
+        optimisation loop records as a failed trial and goes on. Every pass through the dense
+        model (importance scoring, distillation) and the pruned one is charged to the trial's
+        ``compute`` (also for trials rejected or stopped early)."""
+        ledger = self._ledger = Ledger()
+        ledger.watch(self.pruner.dense, self.dense_flops, dense=True)
+        try:
+            values = self._attempt(trial)
+        except (optuna.TrialPruned, TrialFailed):
+            trial.set_user_attr("compute", ledger.record(self.epoch_flops))
+            raise
+        finally:
+            ledger.close()
+        trial.set_user_attr("compute", ledger.record(self.epoch_flops))
+        return values
+
+    def _attempt(self, trial: optuna.Trial) -> tuple[float, ...]:
         try:
             return self._run(trial)
         except (optuna.TrialPruned, KeyboardInterrupt, TrialFailed, StorageUnavailable):
@@ -224,6 +246,7 @@ class Objective:
         flops = self.flops_of(model, resolved)
         params = count_params(model)
         seconds["measure"] = time.perf_counter() - t
+        self._ledger.watch(model, flops)  # from here on, every pass of the pruned network is charged
         # the kept indices and the pruner's settings too, so that autoprune.apply_policy (or apply, on
         # any machine) rebuilds exactly this network without calibration data
         record = resolved.to_dict()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from autoprune.core.batches import Split
 from autoprune.core.budget import global_magnitude, uniform_at_budget
+from autoprune.core.compute import Ledger
 from autoprune.core.device import Runtime
 from autoprune.core.loops import evaluate, recover_model
 from autoprune.core.measure.flops import count_flops
@@ -37,12 +38,13 @@ def levels(budget: int, floor: float, n: int = 3) -> list[int]:
 def curves(pruner: Pruner, train: Split, val: Split, targets: Sequence[int], *, steps: int, lr: float, batch_size: int,
            bn_batches: int, seed: int, runtime: Runtime | None = None, bn_data: Split | None = None,
            cache_dir: Path | None = None, key: str = "") -> dict[str, list[dict[str, float]]]:
-    """{rule: [{"flops", "accuracy", "target"}]} at every target; read from ``cache_dir`` when
+    """{rule: [{"flops", "accuracy", "target", "compute_flops"}]} at every target (``compute_flops``:
+    what recovering and scoring that point cost, core/compute.py); read from ``cache_dir`` when
     the same curves (``key``: dense weights, data, settings) were measured before."""
     rt = runtime if runtime is not None else Runtime()
     path = None
     if cache_dir is not None:
-        digest = hashlib.sha256(json.dumps({"key": key, "targets": list(targets), "steps": steps, "lr": lr,
+        digest = hashlib.sha256(json.dumps({"format": 2, "key": key, "targets": list(targets), "steps": steps, "lr": lr,
                                             "batch_size": batch_size, "bn_batches": bn_batches, "seed": seed,
                                             "ignored": pruner.ignored, "min_channels": pruner.min_channels,
                                             "round_to": pruner.round_to}, sort_keys=True).encode()).hexdigest()
@@ -62,10 +64,12 @@ def curves(pruner: Pruner, train: Split, val: Split, targets: Sequence[int], *, 
                 model = global_magnitude(pruner.dense, pruner.example_input, pruner.ignored, target)
             flops = count_flops(model, pruner.example_input)
             model.to(rt.device)
-            recover_model(model, train, steps=steps, seed=seed, bn_batches=bn_batches, batch_size=batch_size, lr=lr,
-                          bn_data=bn_data, amp=rt.amp, workers=rt.workers)
-            out[rule].append({"target": int(target), "flops": int(flops),
-                              "accuracy": evaluate(model, val, amp=rt.amp, workers=rt.workers)})
+            with Ledger().watching(model, flops) as ledger:
+                recover_model(model, train, steps=steps, seed=seed, bn_batches=bn_batches, batch_size=batch_size,
+                              lr=lr, bn_data=bn_data, amp=rt.amp, workers=rt.workers)
+                accuracy = evaluate(model, val, amp=rt.amp, workers=rt.workers)
+            out[rule].append({"target": int(target), "flops": int(flops), "accuracy": accuracy,
+                              "compute_flops": ledger.total})
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

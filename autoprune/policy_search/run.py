@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from autoprune.core.batches import Split
+from autoprune.core.compute import COMPUTE_CONVENTION, dense_epoch_flops
 from autoprune.core.device import Runtime, torch_threads
 from autoprune.core.loops import evaluate
 from autoprune.core.measure.flops import FLOP_CONVENTION
@@ -78,6 +79,7 @@ def search_model(
         with torch.no_grad():
             scored = dense if rt.device.type == "cpu" else copy.deepcopy(dense).to(rt.device)
             dense_info = {**dense_info, "flops": the_plan.dense_flops, "params": the_plan.dense_params,
+                          "epoch_flops": dense_epoch_flops(the_plan.dense_flops, len(train)),
                           "val_accuracy": evaluate(scored, val, amp=rt.amp, workers=rt.workers)}
             del scored
         attrs = {
@@ -88,7 +90,7 @@ def search_model(
             "ignored": the_plan.ignored,
             "excluded": the_plan.excluded,
             "input_shape": list(example_input.shape[1:]),
-            "units": {"flops": FLOP_CONVENTION, "accuracy": "top-1 on the search-val split, in [0, 1]",
+            "units": {"flops": FLOP_CONVENTION, "compute": COMPUTE_CONVENTION, "accuracy": "top-1 on the search-val split, in [0, 1]",
                       "seconds": f"wall clock on {rt.describe()}"},
         }
         meter = meter_of(config, dense, example_input, rt.device)
@@ -232,7 +234,9 @@ def _run_search(config: SearchConfig, *, progress: bool, dense_file: Path | None
     study, counts = search_model(
         dense=dense.model, train=task.train, val=task.val, bn_data=task.plain_train,
         example_input=example, config=config, the_plan=the_plan,
-        dense_info={"checkpoint": str(Path(dense.checkpoint).resolve()), "sha256": dense.sha256},
+        dense_info={"checkpoint": str(Path(dense.checkpoint).resolve()), "sha256": dense.sha256,
+                    # reported apart from the search: a user's own checkpoint cost autoprune nothing
+                    "training_dense_epochs": None if config.checkpoint or dense_file else config.dense_epochs},
         progress=progress, runtime=runtime, dense_file=Path(dense.checkpoint), worker=worker, until=until,
         setup_only=setup_only,
     )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from autoprune.core.checkpoints import load_weights, save_state
+from autoprune.core.compute import Ledger, dense_epoch_flops
 from autoprune.core.device import Runtime, torch_threads
 from autoprune.core.loops import evaluate, model_device
 from autoprune.core.measure.flops import (
@@ -28,6 +29,7 @@ from autoprune.core.prune import apply_policy
 from autoprune.core.units import human
 from autoprune.errors import UserError
 from autoprune.policy_search import study as studies
+from autoprune.policy_search.front import compute_spent
 from autoprune.ship.confirm import choose_trial
 from autoprune.ship.replay import dense_file, prepare, recover
 from autoprune.task.setup import runtime_of
@@ -70,9 +72,16 @@ def apply_trial(
     if policy_file is not None and missing:
         print(f"{policy_file} has no entry for {len(missing)} group(s), kept whole: {', '.join(missing[:8])}"
               f"{', ...' if len(missing) > 8 else ''}", file=sys.stderr)
+    ledger = Ledger()
     with torch_threads(config.threads):
-        model, resolved = recover(pruner, policy, task, config, steps=finetune_steps, progress=progress,
-                                  desc=f"fine-tune {source}", runtime=rt, prune_steps=prune_steps)
+        dense_on_device = copy.deepcopy(dense).to(rt.device)
+        try:
+            model, resolved = recover(pruner, policy, task, config, steps=finetune_steps, progress=progress,
+                                      desc=f"fine-tune {source}", runtime=rt, prune_steps=prune_steps, ledger=ledger)
+            pruned = summary(model, task, example, rt)  # the test score and PyTorch latency are charged too
+        finally:
+            ledger.close()  # the global hook goes, whatever happened
+        epoch = info["dense"].get("epoch_flops") or dense_epoch_flops(info["dense"]["flops"], len(task.train))
         report = {
             "study": study.study_name,
             "trial": trial.number if trial else None,
@@ -80,8 +89,11 @@ def apply_trial(
             "finetune_steps": finetune_steps,
             "prune_steps": prune_steps,
             "search_val_accuracy": trial.values[0] if trial else None,
-            "dense": summary(copy.deepcopy(dense).to(rt.device), task, example, rt),
-            "pruned": summary(model, task, example, rt),
+            "dense": summary(dense_on_device, task, example, rt),
+            "pruned": pruned,
+            # core/compute.py: this recovery (with its test score), and the search the study ran
+            "compute": {"apply": ledger.record(epoch),
+                        "search": compute_spent(study) if trial is not None else None},
             "units": {"flops": info["units"]["flops"], "accuracy": "top-1 on the TEST split",
                       "latency_ms": f"median forward of batch 64 on {rt.describe()}"},
         }
@@ -190,6 +202,16 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     lines += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows]
     lines += ["", f"FLOPs: {report['units']['flops']}. Latency: {report['units']['latency_ms']}.", ""]
+    compute = report.get("compute") or {}
+    if compute.get("apply"):
+        spent = compute["apply"]["dense_epochs"]
+        search = (compute.get("search") or {}).get("dense_epochs") or {}
+        lines += [f"Compute, in dense epochs (one pass of the train split through the dense model, forward and "
+                  f"backward): this recovery and its test score {spent:.3f}"
+                  + (f"; the search before it {search['total']:.3f} ({search['trials']:.3f} in trials, "
+                     f"{search['references']:.3f} in reference curves, {search['confirm']:.3f} in confirm)"
+                     if search else "")
+                  + (f"; together {spent + search['total']:.3f}." if search else "."), ""]
     onnx = report.get("onnx")
     if onnx:
         check = onnx["check"]

@@ -108,6 +108,7 @@ def confirm(
     """Recover each trial's policy ``seeds`` times for ``steps`` fine-tune steps and score it on
     search-val; runs already stored (same steps and seed) are not repeated. Returns the
     accuracies at ``steps`` per trial."""
+    from autoprune.core.compute import Ledger
     from autoprune.core.device import torch_threads
     from autoprune.core.loops import evaluate
     from autoprune.core.policy import Policy
@@ -132,11 +133,16 @@ def confirm(
                 if (steps, seed) in have:
                     continue
                 t0 = time.perf_counter()
-                model, _ = recover(pruner, policy, task, dataclasses.replace(config, seed=seed), steps=steps,
-                                   progress=progress, desc=f"confirm trial {trial.number}, seed {seed}", runtime=rt)
-                run = {"steps": steps, "seed": seed,
-                       "accuracy": evaluate(model, task.val, amp=rt.amp, workers=rt.workers),
-                       "seconds": round(time.perf_counter() - t0, 1)}
+                ledger = Ledger()
+                try:
+                    model, _ = recover(pruner, policy, task, dataclasses.replace(config, seed=seed), steps=steps,
+                                       progress=progress, desc=f"confirm trial {trial.number}, seed {seed}",
+                                       runtime=rt, ledger=ledger)
+                    accuracy = evaluate(model, task.val, amp=rt.amp, workers=rt.workers)
+                finally:
+                    ledger.close()
+                run = {"steps": steps, "seed": seed, "accuracy": accuracy,
+                       "seconds": round(time.perf_counter() - t0, 1), "compute_flops": ledger.total}
                 stored.append(run)
                 study.set_user_attr(key, {"runs": stored})
                 if on_run is not None:

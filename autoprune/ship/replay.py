@@ -13,8 +13,10 @@ from typing import Any
 from torch import nn
 
 from autoprune.core.checkpoints import file_sha256, load_weights
+from autoprune.core.compute import Ledger
 from autoprune.core.device import Runtime
-from autoprune.core.loops import recover_model
+from autoprune.core.loops import model_device, recover_model
+from autoprune.core.measure.flops import count_flops
 from autoprune.core.policy import Policy
 from autoprune.core.progressive import progressive
 from autoprune.core.prune import Pruner
@@ -74,7 +76,7 @@ def prepare(info: dict[str, Any], *, study_name: str, checkpoint: Path | None, d
 
 def recover(
     pruner: Pruner, policy: Policy, task: Task, config: SearchConfig, *, steps: int, progress: bool = False,
-    desc: str = "fine-tune", runtime: Runtime | None = None, prune_steps: int = 1,
+    desc: str = "fine-tune", runtime: Runtime | None = None, prune_steps: int = 1, ledger: Ledger | None = None,
 ) -> tuple[nn.Module, Policy]:
     """Prune the dense model with ``policy``, recalibrate BatchNorm and fine-tune ``steps``
     mini-batches (distilled from the dense model if the policy says so), on the runtime's
@@ -84,13 +86,19 @@ def recover(
     of the way (per group, channel counts on the geometric path from dense to the policy's),
     re-ranking channels on the model as fine-tuned so far, each followed by BN recalibration
     and ``steps / k`` fine-tune steps (the same total). The returned policy holds the kept
-    indices of the dense model, so ``policy.json`` + the weights rebuild it as usual."""
+    indices of the dense model, so ``policy.json`` + the weights rebuild it as usual. A ``ledger``
+    is charged every pass of the networks recovered (and of the teacher), and keeps watching the
+    returned model until the caller closes it."""
     rt = runtime if runtime is not None else Runtime()
     teacher = None
     if policy.distill:
         teacher = pruner.dense if rt.device.type == "cpu" else copy.deepcopy(pruner.dense).to(rt.device)
+        if ledger is not None:
+            ledger.watch(teacher, count_flops(pruner.dense, pruner.example_input), dense=True)
 
     def train(model: nn.Module, n: int, label: str) -> None:
+        if ledger is not None:  # each round's network, at its own FLOPs
+            ledger.watch(model, count_flops(model, pruner.example_input.to(model_device(model))))
         recover_model(model, task.train, steps=n, seed=config.seed, bn_batches=config.bn_batches,
                       batch_size=config.batch_size, lr=config.finetune_lr, teacher=teacher, progress=progress,
                       desc=label, bn_data=task.plain_train, amp=rt.amp, workers=rt.workers)
