@@ -54,16 +54,24 @@ def load_bench_task(task_name: str, keep_min: float, space: str = "fill", thread
     return base, config, task, dense, pruner.ignored, pruner
 
 
-def recover(model, task, seed: int, steps: int) -> float:
+def recover(model, task, seed: int, steps: int, ledger=None) -> float:
     """The recovery every contender gets (``apply``'s: BN recalibration, ``steps`` of SGD
     fine-tuning at lr 0.01 with ``seed``), then accuracy on the TEST split. The model is
-    copied, not changed."""
+    copied, not changed. A ``ledger`` (autoprune.core.compute) is charged what it ran."""
     import copy
 
     from autoprune.core.loops import evaluate, recover_model
+    from autoprune.core.measure.flops import count_flops
 
-    m = recover_model(copy.deepcopy(model), task.train, steps=steps, seed=seed)
-    return evaluate(m, task.test)
+    m = copy.deepcopy(model)
+    if ledger is not None:
+        ledger.watch(m, count_flops(m, task.example_input()))
+    try:
+        recover_model(m, task.train, steps=steps, seed=seed)
+        return evaluate(m, task.test)
+    finally:
+        if ledger is not None:
+            ledger.close()
 
 
 def sensitivity_policy(pruner, task, config, target: int, keep_min: float):

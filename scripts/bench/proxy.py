@@ -3,8 +3,8 @@
 does the policy matter at all?
 
 Samples K random policies at a FLOPs budget (``--space fill``: random relative widths scaled
-to spend the budget, as the default search samples them; ``free``: random keep levels that
-fit), all L1. For each: search-val accuracy after BN recalibration alone and after short
+to spend the budget, as the search samples them; ``levels``: random keep levels that fit),
+all L1. For each: search-val accuracy after BN recalibration alone and after short
 fine-tunes of several lengths (each its own cosine schedule, as in a trial), then the TEST
 accuracy after the full recovery with several seeds. Prints the Spearman rank correlation of
 each proxy with the recovered accuracy (mean over seeds) and its cost, and compares the
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smallcnn")
     p.add_argument("--budget", default="0.1")
-    p.add_argument("--space", default="fill", choices=("fill", "free"))
+    p.add_argument("--space", default="fill", choices=("fill", "levels"))
     p.add_argument("--policies", type=int, default=12)
     p.add_argument("--steps", default="0,50,150,300")
     p.add_argument("--refit-steps", default="", help="comma-separated fine-tune steps after a refit (proxies)")
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from scipy.stats import spearmanr
 
     from autoprune.core.budget import fill_budget
+    from autoprune.core.compute import Ledger, dense_epoch_flops
     from autoprune.core.loops import evaluate, finetune, recalibrate_bn
     from autoprune.core.measure.flops import count_flops
     from autoprune.core.policy import GroupChoice, Policy
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     _, config, task, dense, _, pruner = load_bench_task(args.model, args.keep_min, threads=args.threads)
     example = pruner.example_input
     target = resolve_budget(args.budget, count_flops(dense, example))
+    epoch = dense_epoch_flops(count_flops(dense, example), len(task.train))  # the unit of compute
     rng = random.Random(args.seed)
     policies = []
     while len(policies) < args.policies:
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     refit_steps = [int(s) for s in args.refit_steps.split(",") if s]
     proxies = [(f"val_after_{s}", s, False) for s in steps] + [(f"val_refit_{s}", s, True) for s in refit_steps]
     cost = {name: 0.0 for name, _, _ in proxies}
+    spent = {name: 0.0 for name, _, _ in proxies}  # dense epochs (autoprune.core.compute)
     targets = None
     if refit_steps:
         gen = torch.Generator().manual_seed(1)
@@ -110,15 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         for name, s, refit in proxies:
             t = time.perf_counter()
             m = copy.deepcopy(base)
-            if refit:
-                reconstruct(m, targets, pruner.kept_outputs(resolved))
-            recalibrate_bn(m, task.train, num_batches=20, seed=0)
-            finetune(m, task.train, steps=s, seed=0)
-            row[name] = evaluate(m, task.val)
+            with Ledger().watching(m, row["flops"]) as ledger:
+                if refit:
+                    reconstruct(m, targets, pruner.kept_outputs(resolved))
+                recalibrate_bn(m, task.train, num_batches=20, seed=0)
+                finetune(m, task.train, steps=s, seed=0)
+                row[name] = evaluate(m, task.val)
             cost[name] += time.perf_counter() - t
+            spent[name] += ledger.total / epoch
         accs = list(stored[: args.seeds]) if stored else []
+        row["recovery_dense_epochs"] = []
         for seed in range(len(accs), args.seeds):
-            accs.append(recover(base, task, seed, args.recovery))  # exactly as bench_quality recovers contenders
+            ledger = Ledger()
+            accs.append(recover(base, task, seed, args.recovery, ledger))  # exactly as bench_quality recovers contenders
+            row["recovery_dense_epochs"].append(ledger.total / epoch)
         row["test_recovered"] = accs
         row["test_recovered_mean"] = statistics.mean(accs)
         rows.append(row)
@@ -129,17 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.model}, budget {args.budget} ({target:,} FLOPs), {len(policies)} random '{args.space}' policies; "
           f"recovery {args.recovery} steps x {args.seeds} seeds; {args.threads} thread(s)"
           + (f", plus the benchmark's {', '.join(k[0] for k in known)}" if known else "") + "\n")
-    print("| proxy (search-val) | Spearman rho vs recovered test acc | seconds per policy |")
-    print("|---|---|---|")
+    print("| proxy (search-val) | Spearman rho vs recovered test acc | seconds per policy | dense epochs per policy |")
+    print("|---|---|---|---|")
     summary: dict[str, object] = {}
     for name, s, refit in proxies:
         rho = spearmanr([r[name] for r in rows], final).statistic
         key = f"refit+{s}" if refit else str(s)
-        summary[key] = {"rho": rho, "seconds": cost[name] / len(rows)}
+        summary[key] = {"rho": rho, "seconds": cost[name] / len(rows), "dense_epochs": spent[name] / len(rows)}
         label = "BN recalibration only" if s == 0 else f"{s} fine-tune steps"
         if refit:
             label = "refit + " + label
-        print(f"| {label} | {rho:.3f} | {cost[name] / len(rows):.1f} |")
+        print(f"| {label} | {rho:.3f} | {cost[name] / len(rows):.1f} | {spent[name] / len(rows):.4f} |")
     between = statistics.stdev(final)
     within = statistics.mean(statistics.stdev(r["test_recovered"]) for r in rows) if args.seeds > 1 else float("nan")
     summary["spread"] = {"between_policies_std": between, "within_policy_seed_std": within,
