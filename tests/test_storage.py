@@ -4,6 +4,7 @@ installed), every sampler, and optuna-dashboard serving a study."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -125,6 +126,7 @@ def test_optuna_dashboard_serves_the_study(dense, tmp_path):
         done = [t for t in detail["trials"] if t["state"] == "Complete"]
         assert len(done) == 2 and all(t["constraints"] and all(c <= 0 for c in t["constraints"]) for t in done)
         assert "**Budget**" in detail["note"]["body"] and "autoprune apply" in detail["note"]["body"]
+        assert re.search(r"\*\*Compute\*\*: [0-9.]+ dense epochs \([0-9.]+ in \d+ trials", detail["note"]["body"])
         titles = sorted(json.loads(g["graph_object"])["layout"]["title"]["text"] for g in detail["plotly_graph_objects"])
         assert titles == ["dash: search-val accuracy against FLOPs", "kept channels per group, the 2 best feasible trials"]
         for t in done:

@@ -22,6 +22,7 @@ import optuna
 
 from autoprune.core.units import human
 from autoprune.policy_search import study as studies
+from autoprune.policy_search.front import format_compute
 
 #: ids of the custom charts (saved again under the same id, so they are replaced, not added)
 FRONT_PLOT = "autoprune-front"
@@ -63,6 +64,7 @@ def note(study: optuna.Study) -> str:
         f"- **Units**: FLOPs: {info['units']['flops']}. Accuracy: {info['units']['accuracy']}. "
         f"Seconds: {info['units']['seconds']}.",
         "- **Feasibility**: trials over the budget are marked infeasible (toggle *Include infeasible trials*).",
+        "- **Compute**: " + format_compute(study).removeprefix("compute: ") + ".",
     ]
     if info.get("excluded"):
         lines.append("- **Kept whole**: " + "; ".join(f"`{k}` ({v})" for k, v in info["excluded"].items()))
