@@ -111,18 +111,44 @@ def uniform_within_latency(pruner: Pruner, meter: LatencyMeter, budget: LatencyB
     return policy(keep), measured[keep]
 
 
+def _global_pruned(dense: nn.Module, example: torch.Tensor, ignored: Sequence[str], target: int):
+    """Torch-Pruning's global magnitude pruning at the ratio that fits ``target``: the pruned
+    model and its pruning history ([root module name, out-channel pruning?, removed indices])."""
+    import torch_pruning as tp
+
+    def prune(ratio: float):
+        model = copy.deepcopy(dense).cpu().eval()
+        modules = dict(model.named_modules())
+        pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                      global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=0.95,
+                                      ignored_layers=[modules[n] for n in ignored])
+        pruner.step()
+        return model, pruner.pruning_history()
+
+    kept = largest_fitting(lambda k: count_flops(prune(1 - k)[0], example) <= target, 0.05, 1.0, iterations=20)
+    return prune(1 - kept)
+
+
 def global_magnitude(dense: nn.Module, example: torch.Tensor, ignored: Sequence[str], target: int) -> nn.Module:
     """Torch-Pruning's global magnitude pruning (L2, one ranking across groups), its pruning
     ratio solved so that the model's fvcore FLOPs fit ``target``."""
-    import torch_pruning as tp
+    return _global_pruned(dense, example, ignored, target)[0]
 
-    def prune(ratio: float) -> nn.Module:
-        model = copy.deepcopy(dense).cpu().eval()
-        modules = dict(model.named_modules())
-        tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                             global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=0.95,
-                             ignored_layers=[modules[n] for n in ignored]).step()
-        return model
 
-    kept = largest_fitting(lambda k: count_flops(prune(1 - k), example) <= target, 0.05, 1.0, iterations=20)
-    return prune(1 - kept)
+def global_magnitude_policy(pruner: Pruner, target: int) -> Policy:
+    """:func:`global_magnitude` as a policy: the channels Torch-Pruning's global ranking keeps in
+    each group (read from its pruning history), so that ``pruner.apply`` (and ``apply``, from
+    policy.json) rebuilds that network. Raises ValueError if Torch-Pruning pruned a group this
+    pruner does not know (its groups are rooted elsewhere)."""
+    _, history = _global_pruned(pruner.dense, pruner.example_input, pruner.ignored, target)
+    by_id = {g.id: g for g in pruner.groups}
+    removed: dict[str, set[int]] = {}
+    for name, out_channels, idxs in history:
+        if not out_channels or name not in by_id:
+            raise ValueError(f"global magnitude pruned {name!r}, which is not a group root here")
+        removed.setdefault(name, set()).update(int(i) for i in idxs)
+    groups = {}
+    for g in pruner.groups:
+        kept = tuple(i for i in range(g.channels) if i not in removed.get(g.id, ()))
+        groups[g.id] = GroupChoice("l2", round(len(kept) / g.channels, 6), g.channels, len(kept), kept)
+    return Policy(groups, meta={"rule": "global magnitude (Torch-Pruning, L2)"})
