@@ -72,6 +72,9 @@ def search(
     :class:`autoprune.config.SearchConfig` (e.g. ``round_to``, ``distill``, ``batch_size``).
     Re-running with the same ``storage`` and ``study`` resumes it.
     """
+    if options.get("compute") is not None:
+        raise UserError(f"compute={options['compute']!r}: a compute budget ships a model rebuilt from a checkpoint file; "
+                        "save the model's state dict and run: autoprune search --checkpoint FILE --compute E ...")
     config = SearchConfig.from_dict(
         {
             "model": f"<python object {type(model).__name__}>",

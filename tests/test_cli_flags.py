@@ -19,10 +19,10 @@ from autoprune.task.config import GROUPS, SearchConfig
 VALUES = {
     "model": "resnet20", "dataset": "digits", "data_root": "/data", "val_size": "300", "image_size": "64",
     "checkpoint": "w.pt", "dense_epochs": "5", "budget_flops": "150M", "budget_params": "0.5",
-    "budget_latency": "5ms", "latency_batch": "8", "latency_runtime": "onnxruntime", "trials": "7",
+    "budget_latency": "5ms", "compute": "4", "latency_batch": "8", "latency_runtime": "onnxruntime", "trials": "7",
     "timeout": "60", "sampler": "random", "space": "fill", "methods": "l1,fpgm", "keep_min": "0.1",
     "round_to": "8", "ignore": "layers.8.*,fc", "warm_start": "uniform,sensitivity", "seed": "3",
-    "finetune_steps": "40", "batch_size": "64", "distill": "on", "prune_steps": "3", "early_stop": "0.34",
+    "finetune_steps": "40", "batch_size": "64", "prune_steps": "3", "early_stop": "0.34",
     "workers": "2", "threads": "1", "device": "cpu", "amp": "bf16", "data_workers": "0", "storage": "sqlite:///x.db",
     "study": "mine", "artifact_dir": "arts",
 }

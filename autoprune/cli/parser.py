@@ -47,7 +47,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     out.add_argument("--config", help="study config TOML (e.g. studies/fashion-mnist.toml); flags override it")
     for f in config_flags():
         _add_config_flag(groups[f.metadata["cli"]["group"]], f)
-    out.add_argument("--out", help="folder for front.csv/json/png (default: studies/<study>/)")
+    out.add_argument("--out", help="folder for front.csv/json/png, and with --compute the shipped model "
+                     "(model.pt, policy.json, model.onnx, report.md) (default: studies/<study>/)")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     out.add_argument("--debug", action="store_true", help="on an error, show the traceback too (e.g. of your own factory)")
 
@@ -118,10 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, help="trial number (see 'autoprune front')")
-    which.add_argument("--best", action="store_true", help="the best trial confirmed by 'autoprune confirm' if any, "
-                       "else the feasible trial with the best search-val accuracy")
+    which.add_argument("--best", action="store_true", help="a search with --compute: its final round's pick; else "
+                       "the best trial confirmed by 'autoprune confirm' if any, else the feasible trial with the best "
+                       "search-val accuracy")
     which.add_argument("--policy", help="a policy.json file (e.g. edited by hand or exported elsewhere) instead of a trial")
-    p.add_argument("--finetune-steps", type=int, default=1000, help="fine-tune mini-batches (default 1000)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="fine-tune mini-batches (default: with --best "
+                   "on a search with --compute, what is left of it; else 1000)")
     p.add_argument("--data-root", help="dataset folder, if it moved since the search")
     _checkpoint_args(p)
     _device_args(p)

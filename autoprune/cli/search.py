@@ -46,6 +46,15 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + report.format_compute(study))
         print(f"\nfront: {paths['csv']}, {paths['json']}\nplot:  {paths['png']}")
     print(f"dashboard: optuna-dashboard {config.storage_url} --artifact-dir {info['artifacts']}")
+    if config.compute:  # from the budget to a shipped model within E: the final round, then the recovery
+        from autoprune.ship.apply import print_report
+        from autoprune.ship.final import format_final, ship
+
+        report = ship(study, out, progress=not args.quiet, onnx=getattr(args, "onnx", True))
+        print("\n" + format_final({**study.user_attrs["final"], "epoch_flops": info["dense"]["epoch_flops"]}))
+        print()
+        print_report(report, out)
+        return 0
     best = confirm.best_confirmed(study)
     if best is not None:
         print(f"apply the best confirmed policy (trial {best.number}): autoprune apply --storage {config.storage_url} "

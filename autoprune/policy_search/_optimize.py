@@ -23,6 +23,11 @@ from autoprune.policy_search.study import (
 )
 
 
+def trials_compute(study: optuna.Study) -> int:
+    """FLOPs the study's trials have spent (their ``compute`` attribute), whatever their state."""
+    return sum(int(t.user_attrs.get("compute", {}).get("total_flops", 0)) for t in study.get_trials(deepcopy=False))
+
+
 def optimize(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], Any],
@@ -32,13 +37,16 @@ def optimize(
     progress: bool = True,
     until: int | None = None,
     worker: dict[str, Any] | None = None,
+    compute_limit: int | None = None,
 ) -> dict[str, Any]:
     """Run until ``trials`` trials have been fine-tuned, fully or until stopped early
     (over-budget policies are rejected before any training and do not count), or
     ``timeout`` seconds; with ``until``, until the study holds that many trained trials,
     whoever trained them (several workers). Each trial records ``worker`` (this process's
     index, threads, device) as a user attribute. A trial interrupted by Ctrl-C or SIGTERM
-    is failed and queued again for the next worker, then the interrupt goes on. Returns counts."""
+    is failed and queued again for the next worker, then the interrupt goes on. With
+    ``compute_limit`` (FLOPs), it also stops once the study's trials have spent that much
+    (``--compute``: core/compute.py), whatever their state. Returns counts."""
     counts: dict[str, Any] = {"complete": 0, "early_stopped": 0, "infeasible": 0, "failed": 0}
     reasons: dict[str, list[int]] = {}  # why trials failed -> their numbers
     counts["failures"] = reasons
@@ -49,9 +57,14 @@ def optimize(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=trials, desc="trials", unit="trial", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=None if compute_limit else trials, desc="trials", unit="trial", dynamic_ncols=True, file=sys.stderr)
+
+    def spent_enough() -> bool:
+        return compute_limit is not None and trials_compute(study) >= compute_limit
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if spent_enough():
+            study.stop()
         if trial.state == TrialState.COMPLETE:
             counts["complete"] += 1
             if is_feasible(trial):
@@ -103,7 +116,7 @@ def optimize(
             trial.set_user_attr("reason", f"interrupted ({getattr(exc, 'signal_name', 'Ctrl-C')}); queued again")
             raise
 
-    if until is not None and trained_count(study) >= until:
+    if (until is not None and trained_count(study) >= until) or spent_enough():
         return counts
     try:
         # A trial that fails (the objective stores why) is recorded as failed instead of ending

@@ -79,7 +79,9 @@ def compute_spent(study: optuna.Study) -> dict[str, Any]:
     spent = {"trials": sum(int(t.user_attrs.get("compute", {}).get("total_flops", 0)) for t in trials),
              "references": sum(int(p.get("compute_flops", 0)) for points in references_of(study).values()
                                for p in points),
-             "confirm": sum(int(r.get("compute_flops", 0)) for r in confirmed)}
+             "confirm": sum(int(r.get("compute_flops", 0)) for r in confirmed),
+             # --compute's final round (ship/final.py)
+             "final": int(study.user_attrs.get("final", {}).get("compute", {}).get("final_flops", 0))}
     spent["total"] = sum(spent.values())
     return {"flops": spent, "epoch_flops": epoch, "trials": len(trials),
             "dense_epochs": {k: round(v / epoch, 4) for k, v in spent.items()} if epoch else None,
@@ -93,6 +95,7 @@ def format_compute(study: optuna.Study) -> str:
         return "compute: not recorded (a study made before 2026-12-06)"
     d = c["dense_epochs"]
     confirm = f", {d['confirm']:.2f} in autoprune confirm" if c["flops"]["confirm"] else ""
+    confirm += f", {d['final']:.2f} in the final round" if c["flops"]["final"] else ""
     return (f"compute: {d['total']:.2f} dense epochs ({d['trials']:.2f} in {c['trials']} trials, "
             f"{d['references']:.2f} in the reference curves{confirm}; 1 dense epoch = {human(c['epoch_flops'])} "
             "FLOPs: every train image forward and backward through the dense model)"

@@ -40,6 +40,15 @@ class Plan:
     excluded: dict[str, str]  # groups kept whole because pruning them breaks the network
 
 
+#: How ``--compute E`` is split, as fractions of E: the search (cheap trials, until their compute
+#: reaches this share), the final round (uniform L1, global magnitude and the best searched
+#: policies, each recovered briefly and scored on search-val), and the rest: the recovery of the
+#: pick. Measured in docs/benchmarks.md ("equal compute").
+COMPUTE_SPLIT = {"search": 0.1, "final": 0.2}
+#: searched policies in the final round, next to uniform L1 and global magnitude
+FINALISTS = 2
+
+
 def check_forward(model: nn.Module, example_input: torch.Tensor, name: str) -> None:
     """One forward pass on the task's input shape; a model that rejects it is a UserError."""
     was_training = model.training

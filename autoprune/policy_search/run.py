@@ -26,6 +26,7 @@ from autoprune.policy_search._optimize import optimize
 from autoprune.policy_search.objective import Objective, TrialSettings
 from autoprune.policy_search.plan import (
     ANCHOR_ATTR,
+    COMPUTE_SPLIT,
     Plan,
     local_anchor,
     plan,
@@ -150,10 +151,13 @@ def search_model(
         dashboard.publish(study)
         if setup_only:
             return study, {}
+        # --compute E: the trials stop once they have spent the search's share of E (ship/final.py spends the rest)
+        limit = (int(COMPUTE_SPLIT["search"] * config.compute * studies.info(study)["dense"]["epoch_flops"])
+                 if config.compute else None)
         try:
             counts = optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress,
-                                      until=until, worker={"index": worker, "threads": torch.get_num_threads(),
-                                                           "device": rt.describe()})
+                              until=until, worker={"index": worker, "threads": torch.get_num_threads(),
+                                                   "device": rt.describe()}, compute_limit=limit)
         finally:
             dashboard.publish(study)  # the note and charts follow the trials, also after Ctrl-C
         return study, counts

@@ -51,14 +51,19 @@ def apply_trial(
     progress: bool = True,
     checkpoint: str | None = None,
     artifact_dir: str | None = None,
+    policy: Policy | None = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """Re-apply a trial's policy (or the policy in ``policy_file``) to the study's dense
+    """Re-apply a trial's policy (or the policy in ``policy_file``, or ``policy``, labelled
+    ``source``: the final round's pick) to the study's dense
     checkpoint, fine-tune, evaluate on the test split, export. ``device`` overrides the
     study's (a study searched on a GPU can be applied on a CPU, and the reverse).
     ``checkpoint`` / ``artifact_dir``: where the dense checkpoint is, if not where the study
     says (:func:`autoprune.artifacts.dense_checkpoint`)."""
     info = studies.info(study)
-    if policy_file is not None:
+    if policy is not None:
+        trial = None
+    elif policy_file is not None:
         policy, trial = Policy.load(policy_file), None
     else:
         trial = choose_trial(study, trial_number)
@@ -67,7 +72,8 @@ def apply_trial(
                                           checkpoint=dense_file(info, checkpoint, artifact_dir, progress))
     rt = runtime_of(config, task)
     example = task.example_input()
-    source = f"trial {trial.number}" if trial else str(policy_file)
+    source = source or (f"trial {trial.number}" if trial else str(policy_file))
+    searched = trial is not None or source.startswith("final round")  # the search's compute is this model's too
     missing = [g.id for g in pruner.groups if g.id not in policy.groups]
     if policy_file is not None and missing:
         print(f"{policy_file} has no entry for {len(missing)} group(s), kept whole: {', '.join(missing[:8])}"
@@ -93,7 +99,8 @@ def apply_trial(
             "pruned": pruned,
             # core/compute.py: this recovery (with its test score), and the search the study ran
             "compute": {"apply": ledger.record(epoch),
-                        "search": compute_spent(study) if trial is not None else None},
+                        "search": compute_spent(study) if searched else None,
+                        "budget_dense_epochs": config.compute},
             "units": {"flops": info["units"]["flops"], "accuracy": "top-1 on the TEST split",
                       "latency_ms": f"median forward of batch 64 on {rt.describe()}"},
         }
@@ -209,9 +216,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [f"Compute, in dense epochs (one pass of the train split through the dense model, forward and "
                   f"backward): this recovery and its test score {spent:.3f}"
                   + (f"; the search before it {search['total']:.3f} ({search['trials']:.3f} in trials, "
-                     f"{search['references']:.3f} in reference curves, {search['confirm']:.3f} in confirm)"
+                     f"{search['references']:.3f} in reference curves, {search['confirm']:.3f} in confirm"
+                     + (f", {search['final']:.3f} in the final round" if search.get("final") else "") + ")"
                      if search else "")
-                  + (f"; together {spent + search['total']:.3f}." if search else "."), ""]
+                  + (f"; together {spent + search['total']:.3f}" if search else "")
+                  + (f", within --compute {compute['budget_dense_epochs']:g}" if compute.get("budget_dense_epochs")
+                     and search else "") + ".", ""]
     onnx = report.get("onnx")
     if onnx:
         check = onnx["check"]

@@ -60,6 +60,15 @@ def _f(default: Any, group: str | None = None, help: str = "", **kw: Any) -> Any
     return field(default=default, metadata=meta)
 
 
+#: What ``--compute`` changes, for the keys not given: trials scored cheaply (the pruned layers refit
+#: to the dense outputs, BatchNorm recalibrated, no fine-tune: the proxy that ranked random policies
+#: best per unit of compute, docs/benchmarks.md), each spending the whole budget; no reference
+#: curves (uniform L1 and global magnitude compete in the final round instead); and as many trials
+#: as the search's share of the compute pays for, not a count.
+COMPUTE_RECIPE: dict[str, Any] = {"space": "fill", "finetune_steps": 0, "reconstruct": True, "references": False,
+                                  "trials": 100_000}
+
+
 @dataclass
 class SearchConfig:
     """Every setting of a search. Fields with a ``group`` are command-line flags too (the parser
@@ -94,6 +103,10 @@ class SearchConfig:
     latency_runtime: str = _f("torch", "budget", f"what latency is measured in: {' or '.join(LATENCY_RUNTIMES)} "
                               "(torch on --device; onnxruntime on the CPU, as apply ships it)", metavar="RUNTIME")
     params_objective: bool = _f(False, "budget", "also minimise parameters (a third objective)")
+    compute: float | None = _f(None, "budget", "total compute in dense epochs (one pass of the train split through "
+                               "the dense model, forward and backward) for the search, the final round and the "
+                               "recovery of the shipped model; with it, search ships the chosen model to --out",
+                               metavar="E")
     # search
     trials: int = _f(25, "search", "trials to fine-tune in this run (rejected policies do not count)")
     timeout: float | None = _f(None, "search", "stop starting trials after this many seconds")
@@ -123,8 +136,7 @@ class SearchConfig:
     batch_size: int = _f(128, "recovery", "images per mini-batch")
     bn_batches: int = _f(20)  # mini-batches that re-estimate BatchNorm statistics after pruning
     calib_images: int = _f(256)  # training images for taylor / activation importance
-    distill: str = _f("off", "recovery", f"distil from the dense model while fine-tuning: {', '.join(DISTILL)}",
-                      metavar="MODE")
+    distill: str = _f("off")  # "on" / "search": distil from the dense model while fine-tuning (not benchmarked)
     prune_steps: int = _f(1, "recovery", "reach each trial's policy in this many rounds of pruning and "
                           "fine-tuning")
     reconstruct: bool = _f(False, "recovery", "refit each pruned model's layers to the dense outputs (least "
@@ -170,6 +182,10 @@ class SearchConfig:
         if unknown:
             raise UserError(f"{source}: unknown key(s) {unknown}; valid keys: {', '.join(names)}")
         config = cls(**values)
+        if config.compute is not None:  # the recipe a compute budget runs, where the keys were not given
+            for name, value in COMPUTE_RECIPE.items():
+                if name not in values:
+                    setattr(config, name, value)
         config.validate(source, flags)
         return config
 
@@ -318,6 +334,11 @@ class SearchConfig:
             raise bad(f"{key('timeout')} = {self.timeout} must be > 0 seconds")
         if self.threads is not None and self.threads < 1:
             raise bad(f"{key('threads')} = {self.threads} must be >= 1")
+        if self.compute is not None and not self.compute > 0:
+            raise bad(f"{key('compute')} = {self.compute} must be > 0 dense epochs")
+        if self.compute is not None and self.workers > 1:
+            raise bad(f"{key('compute')} runs in one process; leave out {key('workers')} = {self.workers} "
+                      "(several workers search with --trials)")
 
 
 def load_toml(path: str) -> dict[str, Any]:
