@@ -118,4 +118,4 @@ def test_apply_best_repeats_the_shipped_recovery(shipped, tmp_path):
     assert again["finetune_steps"] == first["finetune_steps"] > 0
     assert again["pruned"]["test_accuracy"] == first["pruned"]["test_accuracy"]  # same policy, steps and seed
     r = run_in_process("front", "--study", "ship", cwd=shipped)
-    assert "in the final round" in r.stdout
+    assert "in the final round" in r.stdout and "picked " in r.stdout and "uniform L1" in r.stdout

@@ -43,7 +43,8 @@ class Plan:
 #: How ``--compute E`` is split, as fractions of E: the search (cheap trials, until their compute
 #: reaches this share), the final round (uniform L1, global magnitude and the best searched
 #: policies, each recovered briefly and scored on search-val), and the rest: the recovery of the
-#: pick. Measured in docs/benchmarks.md ("equal compute").
+#: pick. A first choice: docs/benchmarks.md ("Equal compute") found that random search with no
+#: final round (0.1 / 0 / 0.9) did as well on SmallCNN, so the final round's share is still open.
 COMPUTE_SPLIT = {"search": 0.1, "final": 0.2}
 #: searched policies in the final round, next to uniform L1 and global magnitude
 FINALISTS = 2

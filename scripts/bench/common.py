@@ -35,9 +35,11 @@ def global_model(dense, example, ignored: list[str], target: int):
     return global_magnitude(dense, example, ignored, target), "global magnitude"
 
 
-def load_bench_task(task_name: str, keep_min: float, space: str = "fill", threads: int = 1, prune_stem: bool = False):
+def load_bench_task(task_name: str, keep_min: float, space: str = "fill", threads: int = 1, prune_stem: bool = False,
+                    dense_epochs: int | None = None):
     """(search settings, budget-free config, task, dense model, ignored layers, pruner): what
-    every contender of a task starts from."""
+    every contender of a task starts from. ``dense_epochs``: the dense baseline's epochs (cached
+    per value; default the config's, 3)."""
     from autoprune.task.baseline import get_dense
     from autoprune.task.config import SearchConfig
     from autoprune.task.setup import calibration_of, load_config_task, pruner_of
@@ -45,6 +47,8 @@ def load_bench_task(task_name: str, keep_min: float, space: str = "fill", thread
     # keep_min 0.125: at 0.1 of dense FLOPs, keep 0.25 everywhere is not small enough
     base = {"model": TASKS[task_name], "dataset": "fashion-mnist", "keep_min": keep_min, "space": space,
             "threads": threads, "prune_stem": prune_stem}
+    if dense_epochs is not None:
+        base["dense_epochs"] = dense_epochs
     config = SearchConfig.from_dict({**base, "budget_flops": "1"})  # budget-free: task and dense only
     task = load_config_task(config)
     example = task.example_input()
