@@ -56,6 +56,13 @@ def test_compute_sets_the_cheap_recipe_where_the_keys_were_not_given():
         SearchConfig.from_dict({"budget_flops": "0.5", "compute": 2, "workers": 2})
 
 
+def test_the_python_api_refuses_a_compute_budget_in_one_line():
+    import autoprune
+
+    with pytest.raises(UserError, match="compute=2: .*autoprune search --checkpoint FILE --compute E"):
+        autoprune.search(torch.nn.Linear(2, 2), None, None, torch.zeros(1, 2), compute=2)
+
+
 def test_a_searched_policy_ships_only_if_it_beats_both_baselines_by_the_margin():
     def row(name, acc, trial=None):
         return {"name": name, "val_accuracy": acc, "trial": trial}

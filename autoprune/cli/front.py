@@ -27,8 +27,7 @@ def run(args: argparse.Namespace) -> int:
         if "final" in study.user_attrs:  # a search with --compute: its final round and pick
             from autoprune.ship.final import format_final
 
-            epoch = studies.info(study)["dense"]["epoch_flops"]
-            print("\n" + format_final({**study.user_attrs["final"], "epoch_flops": epoch}))
+            print("\n" + format_final(study.user_attrs["final"]))
         print("\n" + report.format_compute(study))
     elif args.format == "csv":
         sys.stdout.write(paths["csv"].read_text())

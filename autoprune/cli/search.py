@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
         from autoprune.ship.apply import print_report
         from autoprune.ship.final import format_final, ship
 
-        report = ship(study, out, progress=not args.quiet, onnx=getattr(args, "onnx", True))
-        print("\n" + format_final({**study.user_attrs["final"], "epoch_flops": info["dense"]["epoch_flops"]}))
+        report = ship(study, out, progress=not args.quiet)
+        print("\n" + format_final(study.user_attrs["final"]))
         print()
         print_report(report, out)
         return 0

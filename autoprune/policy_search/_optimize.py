@@ -20,12 +20,8 @@ from autoprune.policy_search.study import (
     is_feasible,
     requeue,
     trained_count,
+    trials_compute,
 )
-
-
-def trials_compute(study: optuna.Study) -> int:
-    """FLOPs the study's trials have spent (their ``compute`` attribute), whatever their state."""
-    return sum(int(t.user_attrs.get("compute", {}).get("total_flops", 0)) for t in study.get_trials(deepcopy=False))
 
 
 def optimize(

@@ -76,7 +76,7 @@ def compute_spent(study: optuna.Study) -> dict[str, Any]:
     epoch = studies.info(study)["dense"].get("epoch_flops")
     trials = study.get_trials(deepcopy=False)
     confirmed = [r for k, v in study.user_attrs.items() if k.startswith("confirm:") for r in v.get("runs", [])]
-    spent = {"trials": sum(int(t.user_attrs.get("compute", {}).get("total_flops", 0)) for t in trials),
+    spent = {"trials": studies.trials_compute(study),
              "references": sum(int(p.get("compute_flops", 0)) for points in references_of(study).values()
                                for p in points),
              "confirm": sum(int(r.get("compute_flops", 0)) for r in confirmed),

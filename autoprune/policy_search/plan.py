@@ -46,8 +46,6 @@ class Plan:
 #: pick. A first choice: docs/benchmarks.md ("Equal compute") found that random search with no
 #: final round (0.1 / 0 / 0.9) did as well on SmallCNN, so the final round's share is still open.
 COMPUTE_SPLIT = {"search": 0.1, "final": 0.2}
-#: searched policies in the final round, next to uniform L1 and global magnitude
-FINALISTS = 2
 
 
 def check_forward(model: nn.Module, example_input: torch.Tensor, name: str) -> None:

@@ -152,8 +152,7 @@ def search_model(
         if setup_only:
             return study, {}
         # --compute E: the trials stop once they have spent the search's share of E (ship/final.py spends the rest)
-        limit = (int(COMPUTE_SPLIT["search"] * config.compute * studies.info(study)["dense"]["epoch_flops"])
-                 if config.compute else None)
+        limit = int(COMPUTE_SPLIT["search"] * config.compute * dense_info["epoch_flops"]) if config.compute else None
         try:
             counts = optimize(study, objective, trials=config.trials, timeout=config.timeout, progress=progress,
                               until=until, worker={"index": worker, "threads": torch.get_num_threads(),

@@ -178,6 +178,11 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     return ranked[0] if ranked else None
 
 
+def trials_compute(study: optuna.Study) -> int:
+    """FLOPs the study's trials have spent (their ``compute`` attribute), whatever their state."""
+    return sum(int(t.user_attrs.get("compute", {}).get("total_flops", 0)) for t in study.get_trials(deepcopy=False))
+
+
 def trained_count(study: optuna.Study) -> int:
     """Trials fine-tuned in the study: completed, or stopped early."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))

@@ -73,7 +73,7 @@ def apply_trial(
     rt = runtime_of(config, task)
     example = task.example_input()
     source = source or (f"trial {trial.number}" if trial else str(policy_file))
-    searched = trial is not None or source.startswith("final round")  # the search's compute is this model's too
+    searched = policy_file is None  # a trial's or the final round's policy: the search's compute is this model's too
     missing = [g.id for g in pruner.groups if g.id not in policy.groups]
     if policy_file is not None and missing:
         print(f"{policy_file} has no entry for {len(missing)} group(s), kept whole: {', '.join(missing[:8])}"

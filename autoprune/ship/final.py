@@ -26,22 +26,29 @@ from autoprune.core.prune import Pruner
 from autoprune.core.units import human
 from autoprune.policy_search import study as studies
 from autoprune.policy_search.front import compute_spent
-from autoprune.policy_search.plan import COMPUTE_SPLIT, FINALISTS
+from autoprune.policy_search.plan import COMPUTE_SPLIT
 from autoprune.ship.replay import dense_file, prepare, recover
 from autoprune.task.config import SearchConfig
 from autoprune.task.setup import meter_of, runtime_of
-from autoprune.task.splits import Task
 
 #: the study attribute holding the final round
 FINAL_ATTR = "final"
 #: a searched policy must beat the better baseline by this much search-val accuracy to be picked:
 #: on a tie the baseline ships (its rule needs no search to trust)
 MARGIN = 0.002
-BASELINES = ("uniform L1", "global magnitude")
+#: searched policies in the final round, next to uniform L1 and global magnitude
+FINALISTS = 2
 
 
-def finalists(study: optuna.Study, pruner: Pruner, info: dict[str, Any], config: SearchConfig,
-              task: Task) -> list[dict[str, Any]]:
+def steps_within(flops: float, model_flops: int, config: SearchConfig, eval_images: int) -> int:
+    """Fine-tune steps of a model of ``model_flops`` per image that ``flops`` of compute pays for,
+    after its BatchNorm recalibration and ``eval_images`` scored (the recovery every final-round
+    candidate, the pick, and the benchmark's contenders get)."""
+    overhead = (config.bn_batches * config.batch_size + eval_images) * model_flops
+    return max(0, int((flops - overhead) // (3 * config.batch_size * model_flops)))
+
+
+def finalists(study: optuna.Study, pruner: Pruner, info: dict[str, Any], config: SearchConfig) -> list[dict[str, Any]]:
     """The round's candidates, each {"name", "policy", "trial"}: the two baselines at the budget
     (a baseline that does not meet the params or latency budget is left out, with a note) and
     the ``FINALISTS`` best feasible trials by search-val score, each architecture once."""
@@ -52,26 +59,25 @@ def finalists(study: optuna.Study, pruner: Pruner, info: dict[str, Any], config:
         out.append({"name": "global magnitude", "policy": global_magnitude_policy(pruner, budget["flops"]),
                     "trial": None})
     except ValueError as exc:  # Torch-Pruning rooted a group elsewhere: not replayable here
-        out[0]["note"] = f"global magnitude left out: {exc}"
+        print(f"final round: global magnitude left out: {exc}", file=sys.stderr)
     meter = meter_of(config, pruner.dense, pruner.example_input)
     kept = []
-    for c in out:
-        model, resolved = pruner.apply(c["policy"])
-        if budget.get("params") is not None and count_params(model) > budget["params"]:
-            print(f"final round: {c['name']} is over the params budget, left out", file=sys.stderr)
-            continue
-        if meter is not None and budget.get("latency"):
-            from autoprune.core.measure.latency import LatencyBudget
-
-            limit = LatencyBudget(**budget["latency"])
-            if limit.violation(meter.measure(model, resolved.channels())) > 0:
-                print(f"final round: {c['name']} is over the latency budget, left out", file=sys.stderr)
+    for c in out:  # the trials met every budget; a baseline is checked against the params and latency ones
+        if budget.get("params") is not None or (meter is not None and budget.get("latency")):
+            model, resolved = pruner.apply(c["policy"])
+            if budget.get("params") is not None and count_params(model) > budget["params"]:
+                print(f"final round: {c['name']} is over the params budget, left out", file=sys.stderr)
                 continue
+            if meter is not None and budget.get("latency"):
+                from autoprune.core.measure.latency import LatencyBudget
+
+                if LatencyBudget(**budget["latency"]).violation(meter.measure(model, resolved.channels())) > 0:
+                    print(f"final round: {c['name']} is over the latency budget, left out", file=sys.stderr)
+                    continue
         kept.append(c)
     seen = {tuple(pruner.resolve(c["policy"], indices=False).channels().values()) for c in kept}
-    ranked = sorted((t for t in studies.completed(study) if studies.is_feasible(t)), key=lambda t: -t.values[0])
     searched = 0
-    for t in ranked:
+    for t in studies.ranked_feasible(study):
         policy = Policy.from_dict(t.user_attrs["policy"], source=f"trial {t.number} policy")
         shape = tuple(policy.channels().values())
         if shape in seen:
@@ -84,29 +90,26 @@ def finalists(study: optuna.Study, pruner: Pruner, info: dict[str, Any], config:
     return kept
 
 
-def final_round(study: optuna.Study, *, progress: bool = True, data_root: str | None = None,
-                device: str | None = None) -> dict[str, Any]:
+def final_round(study: optuna.Study, *, progress: bool = True) -> dict[str, Any]:
     """Run the final round of a study searched with ``--compute`` (once: a stored round is
     returned as it is) and store it as the study's ``final`` attribute."""
     if FINAL_ATTR in study.user_attrs:
         return study.user_attrs[FINAL_ATTR]
     info = studies.info(study)
-    config, task, dense, pruner = prepare(info, study_name=study.study_name, data_root=data_root, device=device,
-                                          checkpoint=dense_file(info, None, None, progress))
+    config, task, _, pruner = prepare(info, study_name=study.study_name, checkpoint=dense_file(info, None, None, progress))
     if not config.compute:
         raise ValueError(f"study {study.study_name!r} was not searched with --compute")
     rt = runtime_of(config, task)
     epoch = info["dense"]["epoch_flops"]
     total = config.compute * epoch
-    candidates = finalists(study, pruner, info, config, task)
+    candidates = finalists(study, pruner, info, config)
     share = COMPUTE_SPLIT["final"] * total / len(candidates)
     rows = []
     for c in candidates:
-        model, _ = pruner.apply(c["policy"])
-        flops = count_flops(model, pruner.example_input)
-        # recalibration and the search-val score come out of the candidate's share too
-        overhead = (config.bn_batches * config.batch_size + len(task.val)) * flops
-        steps = max(0, int((share - overhead) // (3 * config.batch_size * flops)))
+        model, _ = pruner.apply(c["policy"])  # recover() prunes its own copy: this one is only counted
+        flops, params = count_flops(model, pruner.example_input), count_params(model)
+        del model
+        steps = steps_within(share, flops, config, len(task.val))  # the search-val score comes out of the share
         ledger = Ledger()
         try:
             recovered, resolved = recover(pruner, c["policy"], task, config, steps=steps, runtime=rt, ledger=ledger,
@@ -115,7 +118,7 @@ def final_round(study: optuna.Study, *, progress: bool = True, data_root: str | 
         finally:
             ledger.close()
         rows.append({"name": c["name"], "trial": c["trial"], "val_accuracy": acc, "flops": flops,
-                     "params": count_params(model), "steps": steps, "compute_flops": ledger.total,
+                     "params": params, "steps": steps, "compute_flops": ledger.total,
                      "search_score": c.get("score"),
                      "policy": resolved.to_dict()})
         if progress:
@@ -123,12 +126,10 @@ def final_round(study: optuna.Study, *, progress: bool = True, data_root: str | 
                   file=sys.stderr)
     pick, reason = choose(rows)
     spent = compute_spent(study)["flops"]["total"] + sum(r["compute_flops"] for r in rows)
-    flops = pick["flops"]
-    # the pick's BN recalibration, test score and latency measurement come out of what is left
-    overhead = (config.bn_batches * config.batch_size + len(task.test) + 2_000) * flops
-    steps = max(0, int((total - spent - overhead) // (3 * config.batch_size * flops)))
+    # the pick's test score and latency measurement (about 2,000 images) come out of what is left
+    steps = steps_within(total - spent, pick["flops"], config, len(task.test) + 2_000)
     final = {"candidates": rows, "pick": pick["name"], "reason": reason, "recovery_steps": steps,
-             "compute": {"budget_dense_epochs": config.compute, "split": dict(COMPUTE_SPLIT),
+             "compute": {"budget_dense_epochs": config.compute, "split": dict(COMPUTE_SPLIT), "epoch_flops": epoch,
                          "final_flops": sum(r["compute_flops"] for r in rows)}}
     study.set_user_attr(FINAL_ATTR, final)
     return final
@@ -166,9 +167,9 @@ def format_final(final: dict[str, Any]) -> str:
     """The final round as a table, the pick and why."""
     lines = ["final round (each recovered briefly, scored on search-val):",
              f"{'candidate':<18} {'FLOPs':>7} {'steps':>6} {'search-val':>10}  compute (dense epochs)"]
-    epoch = final.get("epoch_flops")
+    epoch = final["compute"]["epoch_flops"]
     for r in final["candidates"]:
-        de = f"{r['compute_flops'] / epoch:.3f}" if epoch else human(r["compute_flops"])
+        de = f"{r['compute_flops'] / epoch:.3f}"
         lines.append(f"{r['name'] + (' *' if r['name'] == final['pick'] else ''):<18} {human(r['flops']):>7} "
                      f"{r['steps']:>6} {r['val_accuracy']:>10.4f}  {de}")
     lines.append(f"picked {final['pick']}: {final['reason']}; it is recovered for {final['recovery_steps']} steps, "
@@ -182,9 +183,7 @@ def ship(study: optuna.Study, out_dir: Path, *, progress: bool = True, onnx: boo
     the search, the final round and the recovery."""
     from autoprune.ship.apply import apply_trial
 
-    final = final_round(study, progress=progress)
-    if progress:
-        print(format_final({**final, "epoch_flops": studies.info(study)["dense"]["epoch_flops"]}), file=sys.stderr)
+    final_round(study, progress=progress)
     picked = final_policy(study)
     assert picked is not None
     policy, label, steps = picked

@@ -26,6 +26,7 @@ Run cells as 1-thread processes two at a time, each with its own ``--out``, then
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -106,9 +107,10 @@ UNITS = {"accuracy": "top-1 on the TEST split, percent", "compute": "dense epoch
 
 
 def table(cell: dict) -> str:
-    lines = [f"\n{cell['task']} at {cell['budget']} of dense FLOPs, E = {cell['compute']:g} dense epochs "
-             f"({cell['seconds']:.0f} s)", "| contender | test acc (mean ± std, n) | FLOPs | params | latency ms | "
-             "search + recovery compute |", "|---|---|---|---|---|---|"]
+    lines = [(f"\n{cell['task']} at {cell['budget']} of dense FLOPs, E = {cell['compute']:g} dense epochs "
+              f"({cell['seconds']:.0f} s)"),
+             "| contender | test acc (mean ± std, n) | FLOPs | params | latency ms | search + recovery compute |",
+             "|---|---|---|---|---|---|"]
     for name, c in cell["contenders"].items():
         lines.append(f"| {name} | {c['mean']:.2f} ± {c['std']:.2f} ({c['n']}) | {c['flops']:,} | {c['params']:,} | "
                      f"{c['latency_ms']:.2f} | {c['search_compute']:.3f} + {c['recovery_compute']:.3f} |")
@@ -142,7 +144,7 @@ def run(name: str, model: str, budget: str, e: float, seed: int, args: argparse.
     from autoprune.core.units import resolve_budget
     from autoprune.policy_search import study as studies
     from autoprune.policy_search.run import run_search
-    from autoprune.ship.final import ship
+    from autoprune.ship.final import ship, steps_within
     from autoprune.ship.replay import recover
     from autoprune.task.baseline import get_dense
     from autoprune.task.setup import calibration_of, load_config_task, pruner_of
@@ -170,10 +172,9 @@ def run(name: str, model: str, budget: str, e: float, seed: int, args: argparse.
         epoch = dense_epoch_flops(dense_flops, len(task.train))
         spent = 0.0
         if name == "dense":
-            m = __import__("copy").deepcopy(dense)
-            overhead = (config.bn_batches * config.batch_size + len(task.test)) * dense_flops
+            m = copy.deepcopy(dense)
             with Ledger().watching(m, dense_flops) as ledger:
-                recover_model(m, task.train, steps=int((e * epoch - overhead) // (3 * config.batch_size * dense_flops)),
+                recover_model(m, task.train, steps=steps_within(e * epoch, dense_flops, config, len(task.test)),
                               seed=seed,
                               bn_batches=config.bn_batches, batch_size=config.batch_size, lr=config.finetune_lr)
                 acc = evaluate(m, task.test)
@@ -185,7 +186,7 @@ def run(name: str, model: str, budget: str, e: float, seed: int, args: argparse.
             from autoprune.core.policy import Policy
 
             policy = Policy.from_dict(best.user_attrs["policy"])
-            spent = sum(t.user_attrs.get("compute", {}).get("total_flops", 0) for t in study.trials) / epoch
+            spent = studies.trials_compute(study) / epoch
         pruner = pruner_of(dense, example, config, calibration=calibration_of(config, task.plain_train))
         target = resolve_budget(budget, dense_flops)
         if name == "uniform":
@@ -193,8 +194,7 @@ def run(name: str, model: str, budget: str, e: float, seed: int, args: argparse.
         elif name == "global":
             policy = global_magnitude_policy(pruner, target)
         flops = count_flops(pruner.apply(policy)[0], example)
-        overhead = (config.bn_batches * config.batch_size + len(task.test)) * flops
-        steps = max(0, int(((e - spent) * epoch - overhead) // (3 * config.batch_size * flops)))
+        steps = steps_within((e - spent) * epoch, flops, config, len(task.test))
         ledger = Ledger()
         try:
             m, _ = recover(pruner, policy, task, config, steps=steps, ledger=ledger)
