@@ -12,13 +12,17 @@ import pytest
 import torch
 from conftest import run_cli, run_in_process
 
-from autoprune.core.budget import global_magnitude, global_magnitude_policy
+from autoprune.core.budget import (
+    global_magnitude,
+    global_magnitude_policy,
+    uniform_at_budget,
+)
 from autoprune.core.groups import resolve_ignore
-from autoprune.core.measure.flops import count_flops
+from autoprune.core.measure.flops import count_flops, count_params
 from autoprune.core.prune import Pruner
 from autoprune.errors import UserError
 from autoprune.policy_search.plan import COMPUTE_SPLIT
-from autoprune.ship.final import MARGIN, choose
+from autoprune.ship.final import MARGIN, choose, finalists
 from autoprune.task.config import COMPUTE_RECIPE, SearchConfig
 
 E = 12
@@ -74,6 +78,24 @@ def test_a_searched_policy_ships_only_if_it_beats_both_baselines_by_the_margin()
     assert choose(base)[0]["name"] == "global magnitude"
 
 
+def test_a_baseline_over_the_params_budget_is_left_out_of_the_final_round(digits_dense, capsys):
+    model, task = digits_dense
+    example = task.example_input()
+    pruner = Pruner(model, example, ignored=resolve_ignore(model, example))
+    target = int(0.3 * count_flops(model, example))
+    params = {name: count_params(pruner.apply(policy)[0]) for name, policy in (
+        ("uniform L1", uniform_at_budget(pruner, target, "l1")), ("global magnitude", global_magnitude_policy(pruner, target)))}
+    small, large = sorted(params, key=params.get)
+    assert params[small] < params[large], params
+    config = SearchConfig.from_dict({"budget_flops": "0.3"})
+    empty = optuna.create_study(directions=["maximize", "minimize"])  # no searched finalist: the baselines alone
+    kept = finalists(empty, pruner, {"budget": {"flops": target, "params": params[large] - 1}}, config)
+    assert [c["name"] for c in kept] == [small]
+    assert f"final round: {large} is over the params budget, left out" in capsys.readouterr().err
+    both = finalists(empty, pruner, {"budget": {"flops": target, "params": params[large]}}, config)
+    assert [c["name"] for c in both] == ["uniform L1", "global magnitude"]
+
+
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("ship")
@@ -126,3 +148,12 @@ def test_apply_best_repeats_the_shipped_recovery(shipped, tmp_path):
     assert again["pruned"]["test_accuracy"] == first["pruned"]["test_accuracy"]  # same policy, steps and seed
     r = run_in_process("front", "--study", "ship", cwd=shipped)
     assert "in the final round" in r.stdout and "picked " in r.stdout and "uniform L1" in r.stdout
+
+
+def test_the_dashboard_note_shows_the_final_round(shipped):
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    study = optuna.load_study(study_name="ship", storage=f"sqlite:///{shipped}/studies/ship.db")
+    body = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]
+    pick = study.user_attrs["final"]["pick"]
+    assert "**Final round**" in body and f"picked {pick}: " in body and "global magnitude" in body, body

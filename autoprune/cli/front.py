@@ -24,10 +24,8 @@ def run(args: argparse.Namespace) -> int:
         print(report.format_table(rows, dense=studies.info(study)["dense"]))
         if report.references_of(study):
             print("\n" + report.format_references(study))
-        if "final" in study.user_attrs:  # a search with --compute: its final round and pick
-            from autoprune.ship.final import format_final
-
-            print("\n" + format_final(study.user_attrs["final"]))
+        if studies.FINAL_ATTR in study.user_attrs:  # a search with --compute: its final round and pick
+            print("\n" + report.format_final(study.user_attrs[studies.FINAL_ATTR]))
         print("\n" + report.format_compute(study))
     elif args.format == "csv":
         sys.stdout.write(paths["csv"].read_text())

@@ -48,12 +48,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"dashboard: optuna-dashboard {config.storage_url} --artifact-dir {info['artifacts']}")
     if config.compute:  # from the budget to a shipped model within E: the final round, then the recovery
         from autoprune.ship.apply import print_report
-        from autoprune.ship.final import format_final, ship
+        from autoprune.ship.final import ship
 
-        report = ship(study, out, progress=not args.quiet)
-        print("\n" + format_final(study.user_attrs["final"]))
+        shipped = ship(study, out, progress=not args.quiet)
+        print("\n" + report.format_final(study.user_attrs[studies.FINAL_ATTR]))
         print()
-        print_report(report, out)
+        print_report(shipped, out)
         return 0
     best = confirm.best_confirmed(study)
     if best is not None:

@@ -22,7 +22,7 @@ import optuna
 
 from autoprune.core.units import human
 from autoprune.policy_search import study as studies
-from autoprune.policy_search.front import format_compute
+from autoprune.policy_search.front import format_compute, format_final
 
 #: ids of the custom charts (saved again under the same id, so they are replaced, not added)
 FRONT_PLOT = "autoprune-front"
@@ -71,6 +71,10 @@ def note(study: optuna.Study) -> str:
     if best is not None:
         lines.append(f"- **Best feasible trial so far**: {best.number} (search-val {best.values[0]:.4f}, "
                      f"{human(best.values[1])} FLOPs).")
+    final = study.user_attrs.get(studies.FINAL_ATTR)
+    if final:  # --compute: the round that chose what ships, as `autoprune front` prints it
+        lines += ["- **Final round** (`--compute`), what `apply --best` ships:", "",
+                  *("    " + line for line in format_final(final).splitlines())]
     lines = [f"# {study.study_name}", "", *lines]
     lines += [
         "", "**Apply the best policy** (re-prune, fine-tune, test, export model.pt, policy.json, model.onnx):", "",

@@ -76,12 +76,12 @@ def compute_spent(study: optuna.Study) -> dict[str, Any]:
     epoch = studies.info(study)["dense"].get("epoch_flops")
     trials = study.get_trials(deepcopy=False)
     confirmed = [r for k, v in study.user_attrs.items() if k.startswith("confirm:") for r in v.get("runs", [])]
-    spent = {"trials": studies.trials_compute(study),
+    spent = {"trials": studies.trials_compute(study, trials),
              "references": sum(int(p.get("compute_flops", 0)) for points in references_of(study).values()
                                for p in points),
              "confirm": sum(int(r.get("compute_flops", 0)) for r in confirmed),
              # --compute's final round (ship/final.py)
-             "final": int(study.user_attrs.get("final", {}).get("compute", {}).get("final_flops", 0))}
+             "final": int(study.user_attrs.get(studies.FINAL_ATTR, {}).get("compute", {}).get("final_flops", 0))}
     spent["total"] = sum(spent.values())
     return {"flops": spent, "epoch_flops": epoch, "trials": len(trials),
             "dense_epochs": {k: round(v / epoch, 4) for k, v in spent.items()} if epoch else None,
@@ -101,6 +101,20 @@ def format_compute(study: optuna.Study) -> str:
             "FLOPs: every train image forward and backward through the dense model)"
             + (f"; apart from it, the dense baseline trained {c['dense_training_epochs']} dense epochs"
                if c["dense_training_epochs"] else ""))
+
+
+def format_final(final: dict[str, Any]) -> str:
+    """The final round as a table, the pick and why."""
+    lines = ["final round (each recovered briefly, scored on search-val):",
+             f"{'candidate':<18} {'FLOPs':>7} {'steps':>6} {'search-val':>10}  compute (dense epochs)"]
+    epoch = final["compute"]["epoch_flops"]
+    for r in final["candidates"]:
+        de = f"{r['compute_flops'] / epoch:.3f}"
+        lines.append(f"{r['name'] + (' *' if r['name'] == final['pick'] else ''):<18} {human(r['flops']):>7} "
+                     f"{r['steps']:>6} {r['val_accuracy']:>10.4f}  {de}")
+    lines.append(f"picked {final['pick']}: {final['reason']}; it is recovered for {final['recovery_steps']} steps, "
+                 "what is left of --compute")
+    return "\n".join(lines)
 
 
 def references_of(study: optuna.Study) -> dict[str, list[dict[str, Any]]]:

@@ -24,6 +24,8 @@ class TrialFailed(RuntimeError):
 
 
 ATTR = "autoprune"
+#: the study attribute holding ``--compute``'s final round (ship/final.py writes it)
+FINAL_ATTR = "final"
 #: Config fields that define what a study compares; resuming with other values is refused.
 IDENTITY = ("model", "dataset", "checkpoint", "val_size", "split_seed", "budget_flops", "budget_params",
             "params_objective", "space", "methods", "keep_min", "keep_step", "round_to",
@@ -178,9 +180,11 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     return ranked[0] if ranked else None
 
 
-def trials_compute(study: optuna.Study) -> int:
-    """FLOPs the study's trials have spent (their ``compute`` attribute), whatever their state."""
-    return sum(int(t.user_attrs.get("compute", {}).get("total_flops", 0)) for t in study.get_trials(deepcopy=False))
+def trials_compute(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> int:
+    """FLOPs the study's trials (or ``trials``, read already) have spent (their ``compute``
+    attribute), whatever their state."""
+    return sum(int(t.user_attrs.get("compute", {}).get("total_flops", 0))
+               for t in (study.get_trials(deepcopy=False) if trials is None else trials))
 
 
 def trained_count(study: optuna.Study) -> int:

@@ -24,15 +24,15 @@ from autoprune.core.measure.flops import count_flops, count_params
 from autoprune.core.policy import Policy
 from autoprune.core.prune import Pruner
 from autoprune.core.units import human
+from autoprune.policy_search import dashboard
 from autoprune.policy_search import study as studies
 from autoprune.policy_search.front import compute_spent
 from autoprune.policy_search.plan import COMPUTE_SPLIT
+from autoprune.policy_search.study import FINAL_ATTR
 from autoprune.ship.replay import dense_file, prepare, recover
 from autoprune.task.config import SearchConfig
 from autoprune.task.setup import meter_of, runtime_of
 
-#: the study attribute holding the final round
-FINAL_ATTR = "final"
 #: a searched policy must beat the better baseline by this much search-val accuracy to be picked:
 #: on a tie the baseline ships (its rule needs no search to trust)
 MARGIN = 0.002
@@ -132,6 +132,7 @@ def final_round(study: optuna.Study, *, progress: bool = True) -> dict[str, Any]
              "compute": {"budget_dense_epochs": config.compute, "split": dict(COMPUTE_SPLIT), "epoch_flops": epoch,
                          "final_flops": sum(r["compute_flops"] for r in rows)}}
     study.set_user_attr(FINAL_ATTR, final)
+    dashboard.publish(study)  # the note shows the round
     return final
 
 
@@ -161,20 +162,6 @@ def final_policy(study: optuna.Study) -> tuple[Policy, str, int] | None:
         return None
     row = next(r for r in final["candidates"] if r["name"] == final["pick"])
     return Policy.from_dict(row["policy"], source="final round pick"), final["pick"], final["recovery_steps"]
-
-
-def format_final(final: dict[str, Any]) -> str:
-    """The final round as a table, the pick and why."""
-    lines = ["final round (each recovered briefly, scored on search-val):",
-             f"{'candidate':<18} {'FLOPs':>7} {'steps':>6} {'search-val':>10}  compute (dense epochs)"]
-    epoch = final["compute"]["epoch_flops"]
-    for r in final["candidates"]:
-        de = f"{r['compute_flops'] / epoch:.3f}"
-        lines.append(f"{r['name'] + (' *' if r['name'] == final['pick'] else ''):<18} {human(r['flops']):>7} "
-                     f"{r['steps']:>6} {r['val_accuracy']:>10.4f}  {de}")
-    lines.append(f"picked {final['pick']}: {final['reason']}; it is recovered for {final['recovery_steps']} steps, "
-                 "what is left of --compute")
-    return "\n".join(lines)
 
 
 def ship(study: optuna.Study, out_dir: Path, *, progress: bool = True, onnx: bool = True) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-TASKS = {"smallcnn": "smallcnn", "resnet20": "resnet20"}
+TASKS = {"smallcnn": "smallcnn", "resnet20": "resnet20", "mobilenet_v2": "mobilenet_v2"}
 
 
 def uniform_policy(pruner, target: int):

@@ -51,11 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--split", default=None, help="SEARCH,FINAL: shares of E for autoprune's search and final round "
                    "instead of the shipped default (policy_search/plan.py COMPUTE_SPLIT), to measure the split")
-    p.add_argument("--merge", nargs="+", default=None, help="cell files to merge into --out")
+    p.add_argument("--finalists", type=int, default=None, help="searched policies in autoprune's final round instead "
+                   "of the shipped default (ship/final.py FINALISTS), to measure the round")
+    p.add_argument("--merge", nargs="+", default=None, help="cell files to merge into --out (a cell measured in "
+                   "several files gets the contenders of all, a later file's winning)")
     p.add_argument("--out", default=str(ROOT / "results" / "bench_compute.json"))
     args = p.parse_args(argv)
     if args.merge:
-        cells = [c for f in args.merge for c in json.loads(Path(f).read_text())["cells"]]
+        merged: dict[tuple, dict] = {}
+        for f in args.merge:
+            for c in json.loads(Path(f).read_text())["cells"]:
+                key = (c["task"], c["budget"], c["compute"])
+                if key in merged:
+                    merged[key]["contenders"].update(c["contenders"])
+                else:
+                    merged[key] = c
+        cells = list(merged.values())
         for c in cells:  # the picks differ by seed: the largest FLOPs (all within the budget), the mean params
             for v in c["contenders"].values():
                 v["flops"] = max(r["flops"] for r in v["runs"])
@@ -69,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.policy_search.plan import COMPUTE_SPLIT
 
     torch.set_num_threads(args.threads)
+    import autoprune.ship.final as final_module
+
+    if args.finalists is not None:
+        final_module.FINALISTS = args.finalists
     if args.split:  # in place: the search and the final round read this dict
         COMPUTE_SPLIT.update(zip(("search", "final"), (float(x) for x in args.split.split(","))))
     cells = []
@@ -95,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                     "recovery_compute": round(statistics.mean(r["recovery_compute"] for r in rows), 4),
                     "flops": max(r["flops"] for r in rows), "params": round(statistics.mean(r["params"] for r in rows)),
                     "latency_ms": round(statistics.median(r["latency_ms"] for r in rows), 3), "runs": rows}
+                if name == "autoprune":  # what it ran with (a merged cell may hold baselines from another run)
+                    cell["contenders"][name]["split"] = dict(COMPUTE_SPLIT)
+                    cell["contenders"][name]["finalists"] = final_module.FINALISTS
             cell["seconds"] = round(time.perf_counter() - t0, 1)
             cells.append(cell)
             print(table(cell), flush=True)
