@@ -2,8 +2,8 @@
 
 The search spends its share of E on cheap trials (policy_search/run.py). Then the final round
 takes the finalists: uniform L1 at the budget, Torch-Pruning's global magnitude at the budget,
-and the best searched policies. Each is pruned from the dense model, recovered briefly (an equal
-share of the round's compute) and scored on search-val. A searched policy is picked only if it
+and the best searched policy (``FINALISTS``). Each is pruned from the dense model, recovered
+briefly (an equal share of the round's compute) and scored on search-val. A searched policy is picked only if it
 beats both baselines there by ``MARGIN``; otherwise the better baseline is. What is left of E
 recovers the pick (``apply``'s recipe), which is then tested and exported. The round, the pick,
 why, and every candidate's compute are stored in the study (``final``), so that ``front`` and
@@ -36,8 +36,9 @@ from autoprune.task.setup import meter_of, runtime_of
 #: a searched policy must beat the better baseline by this much search-val accuracy to be picked:
 #: on a tie the baseline ships (its rule needs no search to trust)
 MARGIN = 0.002
-#: searched policies in the final round, next to uniform L1 and global magnitude
-FINALISTS = 2
+#: searched policies in the final round, next to uniform L1 and global magnitude (one: see
+#: COMPUTE_SPLIT in policy_search/plan.py)
+FINALISTS = 1
 
 
 def steps_within(flops: float, model_flops: int, config: SearchConfig, eval_images: int) -> int:

@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default="0.2", help="comma-separated fractions of dense FLOPs")
     p.add_argument("--compute", default="1,2", help="comma-separated totals E, in dense epochs")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST .. FIRST + SEEDS - 1 (to run a cell's "
+                   "seeds as parallel processes, then --merge them)")
     p.add_argument("--dense-epochs", type=int, default=10, help="the dense checkpoint's epochs (bench/dense.py)")
+    p.add_argument("--checkpoint", default=None, help="one dense checkpoint for every seed (default: each seed's "
+                   "own dense model, trained and cached with that seed)")
     p.add_argument("--keep-min", type=float, default=None, help="passed to the search (as its advice says)")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--threads", type=int, default=1)
@@ -58,19 +62,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "results" / "bench_compute.json"))
     args = p.parse_args(argv)
     if args.merge:
-        merged: dict[tuple, dict] = {}
+        merged: dict[tuple, dict] = {}  # (task, budget, E): the cell; seconds add up the processes' wall time
         for f in args.merge:
             for c in json.loads(Path(f).read_text())["cells"]:
+                c.pop("split", None)  # written by older runs: autoprune's contender now carries its own
                 key = (c["task"], c["budget"], c["compute"])
-                if key in merged:
-                    merged[key]["contenders"].update(c["contenders"])
-                else:
+                if key not in merged:
                     merged[key] = c
+                    continue
+                have = merged[key]["contenders"]
+                for name, v in c["contenders"].items():
+                    old = have.get(name)
+                    same = old is not None and ({k: old.get(k) for k in ("split", "finalists")}
+                                                == {k: v.get(k) for k in ("split", "finalists")})
+                    seeds = [{r.get("seed") for r in x["runs"]} for x in (old, v)] if same else [{None}]
+                    if None not in set.union(*seeds) and not set.intersection(*seeds):
+                        have[name] = {**v, **summary(old["runs"] + v["runs"])}  # other seeds of the same contender
+                    else:
+                        have[name] = v  # a later file's contender wins
+                merged[key]["seconds"] = merged[key].get("seconds", 0) + c.get("seconds", 0)
         cells = list(merged.values())
-        for c in cells:  # the picks differ by seed: the largest FLOPs (all within the budget), the mean params
-            for v in c["contenders"].values():
-                v["flops"] = max(r["flops"] for r in v["runs"])
-                v["params"] = round(statistics.mean(r["params"] for r in v["runs"]))
         Path(args.out).write_text(json.dumps({"cells": cells, "units": UNITS}, indent=1))
         print(f"{len(cells)} cells -> {args.out}")
         return 0
@@ -91,25 +102,20 @@ def main(argv: list[str] | None = None) -> int:
         for e in (float(x) for x in args.compute.split(",")):
             t0 = time.perf_counter()
             cell = {"task": args.model, "budget": float(budget), "compute": e, "dense_epochs": args.dense_epochs,
-                    "split": dict(COMPUTE_SPLIT), "contenders": {}}
+                    "dense": args.checkpoint or "each seed's own", "contenders": {}}
             runs: dict[str, list[dict]] = {}
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for name in args.contenders.split(","):
                     t = time.perf_counter()
                     row = run(name, args.model, budget, e, seed, args)
                     row["seconds"] = round(time.perf_counter() - t, 1)
+                    row["seed"] = seed
                     runs.setdefault(name, []).append(row)
                     print(f"{args.model} {budget} E={e:g} seed {seed} {name}: test {row['accuracy']:.2f}% "
                           f"search {row['search_compute']:.3f} + recovery {row['recovery_compute']:.3f} dense epochs"
                           f"{' (' + row['pick'] + ')' if row.get('pick') else ''} [{row['seconds']} s]", flush=True)
             for name, rows in runs.items():
-                accs = [r["accuracy"] for r in rows]
-                cell["contenders"][name] = {
-                    "mean": round(statistics.mean(accs), 3), "std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0,
-                    "n": len(accs), "search_compute": round(statistics.mean(r["search_compute"] for r in rows), 4),
-                    "recovery_compute": round(statistics.mean(r["recovery_compute"] for r in rows), 4),
-                    "flops": max(r["flops"] for r in rows), "params": round(statistics.mean(r["params"] for r in rows)),
-                    "latency_ms": round(statistics.median(r["latency_ms"] for r in rows), 3), "runs": rows}
+                cell["contenders"][name] = summary(rows)
                 if name == "autoprune":  # what it ran with (a merged cell may hold baselines from another run)
                     cell["contenders"][name]["split"] = dict(COMPUTE_SPLIT)
                     cell["contenders"][name]["finalists"] = final_module.FINALISTS
@@ -118,6 +124,18 @@ def main(argv: list[str] | None = None) -> int:
             print(table(cell), flush=True)
             Path(args.out).write_text(json.dumps({"cells": cells, "units": UNITS}, indent=1))
     return 0
+
+
+def summary(rows: list[dict]) -> dict:
+    """A contender's runs (one per seed) as mean, std, n, mean compute, the largest FLOPs (all
+    within the budget), mean params and median latency."""
+    accs = [r["accuracy"] for r in rows]
+    return {"mean": round(statistics.mean(accs), 3), "std": round(statistics.stdev(accs), 3) if len(accs) > 1 else 0.0,
+            "n": len(accs), "search_compute": round(statistics.mean(r["search_compute"] for r in rows), 4),
+            "recovery_compute": round(statistics.mean(r["recovery_compute"] for r in rows), 4),
+            "flops": max(r["flops"] for r in rows), "params": round(statistics.mean(r["params"] for r in rows)),
+            "latency_ms": round(statistics.median(r["latency_ms"] for r in rows), 3),
+            "runs": sorted(rows, key=lambda r: r.get("seed", 0))}
 
 
 UNITS = {"accuracy": "top-1 on the TEST split, percent", "compute": "dense epochs (3 x dense FLOPs x train images)",
@@ -143,6 +161,8 @@ def config_for(model: str, budget: str, e: float, seed: int, args: argparse.Name
               "storage": f"sqlite:///{tmp}/s.db", "threads": args.threads, **extra}
     if args.keep_min is not None:
         values["keep_min"] = args.keep_min
+    if args.checkpoint is not None:
+        values["checkpoint"] = args.checkpoint
     return SearchConfig.from_dict(values)
 
 
