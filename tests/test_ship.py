@@ -157,3 +157,15 @@ def test_the_dashboard_note_shows_the_final_round(shipped):
     body = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]
     pick = study.user_attrs["final"]["pick"]
     assert "**Final round**" in body and f"picked {pick}: " in body and "global magnitude" in body, body
+
+
+def test_a_round_too_small_to_fine_tune_is_not_run_and_uniform_ships(tmp_path):
+    # --compute 0.02 on digits: the round's share pays for BatchNorm recalibration and scoring, not one step
+    r = run_cli("search", "--budget-flops", "0.5", "--compute", "0.02", "--study", "tiny", "--out", "out", *SHIP,
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "pays for no fine-tune step" in r.stdout and "not run" in r.stdout, r.stdout
+    final = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db").user_attrs["final"]
+    assert final["pick"] == "uniform L1" and final["compute"]["final_flops"] == 0
+    assert [c["val_accuracy"] for c in final["candidates"]] == [None]
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["policy_source"] == "final round pick: uniform L1"

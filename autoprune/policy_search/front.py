@@ -110,8 +110,9 @@ def format_final(final: dict[str, Any]) -> str:
     epoch = final["compute"]["epoch_flops"]
     for r in final["candidates"]:
         de = f"{r['compute_flops'] / epoch:.3f}"
+        score = "not run" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
         lines.append(f"{r['name'] + (' *' if r['name'] == final['pick'] else ''):<18} {human(r['flops']):>7} "
-                     f"{r['steps']:>6} {r['val_accuracy']:>10.4f}  {de}")
+                     f"{r['steps']:>6} {score:>10}  {de}")
     lines.append(f"picked {final['pick']}: {final['reason']}; it is recovered for {final['recovery_steps']} steps, "
                  "what is left of --compute")
     return "\n".join(lines)
