@@ -3,8 +3,9 @@
 The search spends its share of E on cheap trials (policy_search/run.py). Then the final round
 takes the finalists: uniform L1 at the budget, Torch-Pruning's global magnitude at the budget,
 and the best searched policy (``FINALISTS``). Each is pruned from the dense model, recovered
-briefly (an equal share of the round's compute) and scored on search-val. A searched policy is picked only if it
-beats both baselines there by ``MARGIN``; otherwise the better baseline is. What is left of E
+briefly (an equal share of the round's compute) and scored on search-val. A searched policy is
+picked only if it beats both baselines there by ``MARGIN``; otherwise the better baseline is.
+A round whose share pays for no fine-tune step is not run (uniform L1 ships). What is left of E
 recovers the pick (``apply``'s recipe), which is then tested and exported. The round, the pick,
 why, and every candidate's compute are stored in the study (``final``), so that ``front`` and
 ``apply --best`` read them back."""
@@ -28,7 +29,6 @@ from autoprune.policy_search import dashboard
 from autoprune.policy_search import study as studies
 from autoprune.policy_search.front import compute_spent
 from autoprune.policy_search.plan import COMPUTE_SPLIT
-from autoprune.policy_search.study import FINAL_ATTR
 from autoprune.ship.replay import dense_file, prepare, recover
 from autoprune.task.config import SearchConfig
 from autoprune.task.setup import meter_of, runtime_of
@@ -94,8 +94,8 @@ def finalists(study: optuna.Study, pruner: Pruner, info: dict[str, Any], config:
 def final_round(study: optuna.Study, *, progress: bool = True) -> dict[str, Any]:
     """Run the final round of a study searched with ``--compute`` (once: a stored round is
     returned as it is) and store it as the study's ``final`` attribute."""
-    if FINAL_ATTR in study.user_attrs:
-        return study.user_attrs[FINAL_ATTR]
+    if studies.FINAL_ATTR in study.user_attrs:
+        return study.user_attrs[studies.FINAL_ATTR]
     info = studies.info(study)
     config, task, _, pruner = prepare(info, study_name=study.study_name, checkpoint=dense_file(info, None, None, progress))
     if not config.compute:
@@ -134,7 +134,7 @@ def final_round(study: optuna.Study, *, progress: bool = True) -> dict[str, Any]
     final = {"candidates": rows, "pick": pick["name"], "reason": reason, "recovery_steps": steps,
              "compute": {"budget_dense_epochs": config.compute, "split": dict(COMPUTE_SPLIT), "epoch_flops": epoch,
                          "final_flops": sum(r["compute_flops"] for r in rows)}}
-    study.set_user_attr(FINAL_ATTR, final)
+    study.set_user_attr(studies.FINAL_ATTR, final)
     dashboard.publish(study)  # the note shows the round
     return final
 
@@ -176,7 +176,7 @@ def choose(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
 
 def final_policy(study: optuna.Study) -> tuple[Policy, str, int] | None:
     """The final round's pick (policy, label, recovery steps), or None if the study has none."""
-    final = study.user_attrs.get(FINAL_ATTR)
+    final = study.user_attrs.get(studies.FINAL_ATTR)
     if not final:
         return None
     row = next(r for r in final["candidates"] if r["name"] == final["pick"])
