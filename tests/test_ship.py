@@ -5,6 +5,7 @@ searched policies, the pick is recovered with what is left, and ``apply --best``
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -21,11 +22,16 @@ from autoprune.core.groups import resolve_ignore
 from autoprune.core.measure.flops import count_flops, count_params
 from autoprune.core.prune import Pruner
 from autoprune.errors import UserError
-from autoprune.policy_search.plan import COMPUTE_SPLIT
+from autoprune.policy_search.plan import (
+    COMPUTE_SPLIT,
+    MIN_SEARCH_TRIALS,
+    plan,
+    search_compute,
+)
 from autoprune.ship.final import MARGIN, choose, finalists
 from autoprune.task.config import COMPUTE_RECIPE, SearchConfig
 
-E = 12
+E = 40  # on digits (a tiny train split) a trial costs 0.29 dense epochs: 40 buys a search of 13
 SHIP = ["--dataset", "digits", "--val-size", "300", "--dense-epochs", "4", "--batch-size", "32", "--threads", "1",
         "--quiet"]
 
@@ -119,7 +125,7 @@ def test_one_command_ships_a_model_within_the_compute(shipped):
     assert 0.8 * E < total <= E, total  # the recovery gets what is left, and no more
     assert report["pruned"]["flops"] <= 0.5 * report["dense"]["flops"]
     assert report["policy_source"].startswith("final round pick: ")
-    assert "within --compute 12" in (out / "report.md").read_text()
+    assert f"within --compute {E}" in (out / "report.md").read_text()
 
 
 def test_the_search_stops_at_its_share_and_the_final_round_keeps_the_baselines(shipped):
@@ -159,13 +165,42 @@ def test_the_dashboard_note_shows_the_final_round(shipped):
     assert "**Final round**" in body and f"picked {pick}: " in body and "global magnitude" in body, body
 
 
-def test_a_round_too_small_to_fine_tune_is_not_run_and_uniform_ships(tmp_path):
-    # --compute 0.02 on digits: the round's share pays for BatchNorm recalibration and scoring, not one step
-    r = run_cli("search", "--budget-flops", "0.5", "--compute", "0.02", "--study", "tiny", "--out", "out", *SHIP,
+def test_the_search_spends_what_it_predicted(shipped):
+    study = optuna.load_study(study_name="ship", storage=f"sqlite:///{shipped}/studies/ship.db")
+    planned = study.user_attrs["search_compute"]
+    assert planned["runs"] and planned["trials"] >= MIN_SEARCH_TRIALS
+    measured = [t.user_attrs["compute"]["dense_epochs"] for t in study.trials if t.user_attrs.get("feasible")]
+    # the first trials also pay the once-per-search passes (the refit's targets, importance calibration)
+    assert sum(measured) == pytest.approx(len(measured) * planned["per_trial_dense_epochs"] + planned["once_dense_epochs"],
+                                          rel=0.05)
+    assert sorted(measured)[len(measured) // 2] == pytest.approx(planned["per_trial_dense_epochs"], rel=0.05)
+    assert abs(len(study.trials) - planned["trials"]) <= 1
+
+
+def test_the_least_compute_it_advises_pays_for_a_search(digits_dense):
+    model, task = digits_dense
+    config = SearchConfig.from_dict({"budget_flops": "0.5", "compute": 1, "dataset": "digits", "val_size": 300,
+                                     "batch_size": 32})
+    the_plan = plan(model, task.example_input(), config)
+    sizes = {"train_images": len(task.train), "bn_images": len(task.plain_train), "val_images": len(task.val)}
+    least = search_compute(config, the_plan, **sizes).least_compute
+    assert search_compute(replace(config, compute=least), the_plan, **sizes).runs
+    assert not search_compute(replace(config, compute=least - 0.01), the_plan, **sizes).runs
+
+
+def test_a_compute_too_small_to_search_ships_uniform_with_all_of_it(tmp_path):
+    # --compute 5 on digits: the search's share pays for 1 trial, so none is run, nor the final round
+    r = run_cli("search", "--budget-flops", "0.5", "--compute", "5", "--study", "tiny", "--out", "out", *SHIP,
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "pays for no fine-tune step" in r.stdout and "not run" in r.stdout, r.stdout
-    final = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db").user_attrs["final"]
+    assert "the search was not run" in r.stdout and "or more lets it search" in r.stdout, r.stdout
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
+    assert not study.trials and not study.user_attrs["search_compute"]["runs"]
+    final = study.user_attrs["final"]
     assert final["pick"] == "uniform L1" and final["compute"]["final_flops"] == 0
     assert [c["val_accuracy"] for c in final["candidates"]] == [None]
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["policy_source"] == "final round pick: uniform L1"
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["policy_source"] == "final round pick: uniform L1"
+    # all of E recovers it: the steps the whole budget pays for, less its test score
+    assert report["finetune_steps"] == final["recovery_steps"] > 0
+    assert 0.95 * 5 <= report["compute"]["apply"]["dense_epochs"] <= 5

@@ -35,6 +35,9 @@ class Criterion:
     any group is scored; ``score`` returns one value per output channel of the group's root."""
 
     needs_data = False
+    #: passes over the calibration images that ``prepare`` runs, in forward-pass equivalents
+    #: (a pass with gradients counts 3, as core/compute.py charges it)
+    calibration_passes = 0
 
     def prepare(self, model: nn.Module, calibration: Calibration | None) -> None:
         return None
@@ -137,6 +140,7 @@ class Taylor(_TorchPruning):
     gradients of the cross-entropy accumulated over the calibration batches."""
 
     needs_data = True
+    calibration_passes = 3
 
     def __init__(self, seed: int = 0) -> None:
         self.impl = tp.importance.GroupTaylorImportance(normalizer=None)
@@ -162,6 +166,7 @@ class Activation(Criterion):
     after a split, indexes past the end of its own score vector ("index 12 is out of bounds")."""
 
     needs_data = True
+    calibration_passes = 1
 
     def __init__(self, seed: int = 0) -> None:
         self.stats: dict[nn.Module, torch.Tensor] = {}

@@ -16,6 +16,7 @@ from autoprune.core import sensitivity
 from autoprune.core.batches import Split
 from autoprune.core.budget import Budget, largest_fitting
 from autoprune.core.device import Runtime
+from autoprune.core.importance import IMPORTANCES
 from autoprune.core.measure.flops import count_flops, count_params
 from autoprune.core.measure.latency import LatencyBudget
 from autoprune.core.policy import Policy
@@ -47,6 +48,65 @@ class Plan:
 #: 0.1 / 0.1 and 0.1 / 0.05 with one, on SmallCNN: the last two picked the same policy in every
 #: run compared, so the cheaper ships, and its pick recovers with 85% of E.
 COMPUTE_SPLIT = {"search": 0.1, "final": 0.05}
+#: A ``--compute`` search whose share pays for fewer trials than this is not run, nor is its
+#: final round: uniform L1 ships, recovered with all of E. Searches of 4 and 9 policies tied or
+#: lost against uniform L1 given all of E (-0.02 to -0.61 pt), those of 18 or more won (+0.12 to
+#: +0.36; docs/benchmarks.md, "too small to search"); fewer than 10 trials are also all random
+#: draws of Optuna's TPE, which models the space after its first 10.
+MIN_SEARCH_TRIALS = 10
+
+
+@dataclass(frozen=True)
+class SearchCompute:
+    """What the search's share of ``--compute`` buys, predicted before any trial (the trials'
+    own ledgers then measure it): compute in dense epochs."""
+
+    budget: float  # the search's share of E
+    per_trial: float  # one trial at the budget: BatchNorm recalibration, layer refit, fine-tune, search-val
+    once: float  # once per search: importance calibration, and the dense outputs the layer refits fit to
+    trials: int  # how many trials the share pays for
+    least_compute: float  # the smallest --compute whose share pays for MIN_SEARCH_TRIALS trials
+
+    @property
+    def runs(self) -> bool:
+        return self.trials >= MIN_SEARCH_TRIALS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"search_dense_epochs": round(self.budget, 6), "per_trial_dense_epochs": round(self.per_trial, 6),
+                "once_dense_epochs": round(self.once, 6), "trials": self.trials, "min_trials": MIN_SEARCH_TRIALS,
+                "least_compute": self.least_compute, "runs": self.runs}
+
+
+def skipped_reason(planned: dict[str, Any], compute: float) -> str:
+    """Why a --compute search was not run, and the --compute at which it would be."""
+    return (f"its share of --compute {compute:g} ({planned['search_dense_epochs']:.3g} dense epochs) pays for "
+            f"{planned['trials']} trials of {planned['per_trial_dense_epochs']:.3g} dense epochs each, fewer than "
+            f"{planned['min_trials']} (no smaller search beat uniform pruning in the benchmark); --compute "
+            f"{planned['least_compute']:g} or more lets it search")
+
+
+def search_compute(config: SearchConfig, the_plan: Plan, *, train_images: int, bn_images: int,
+                   val_images: int) -> SearchCompute:
+    """How many trials the search's share of ``config.compute`` pays for. A ``fill`` trial spends
+    the whole FLOPs budget, so each costs its forward passes (BatchNorm recalibration, the layer
+    refit's pruned pass, search-val) and fine-tune steps at the budget's FLOPs per image. Once per
+    search, the dense model runs the importance methods' calibration and records the refit's
+    targets (objective.py charges the same passes)."""
+    epoch = 3 * the_plan.dense_flops * train_images
+    forward = min(config.bn_batches * config.batch_size, bn_images) + val_images
+    # once per search, through the dense model: the importance methods' calibration passes (cached)
+    passes = sum(IMPORTANCES.get(m).calibration_passes for m in config.methods if m in IMPORTANCES)
+    once = passes * min(config.calib_images, bn_images) * the_plan.dense_flops
+    if config.reconstruct:  # and the dense outputs the refits fit to; each trial then runs one pruned pass
+        images = min(config.reconstruct_images, bn_images)
+        forward += images
+        once += images * the_plan.dense_flops
+    per_trial = (forward + 3 * config.finetune_steps * config.batch_size) * the_plan.budget.flops
+    share = COMPUTE_SPLIT["search"] * float(config.compute or 0) * epoch
+    trials = max(0, int((share - once) // per_trial)) if per_trial > 0 else 0
+    least = (MIN_SEARCH_TRIALS * per_trial + once) / (COMPUTE_SPLIT["search"] * epoch)
+    return SearchCompute(budget=share / epoch, per_trial=per_trial / epoch, once=once / epoch, trials=trials,
+                         least_compute=math.ceil(least * 100) / 100)
 
 
 def check_forward(model: nn.Module, example_input: torch.Tensor, name: str) -> None:

@@ -30,7 +30,9 @@ from autoprune.policy_search.plan import (
     Plan,
     local_anchor,
     plan,
+    search_compute,
     sensitivity_policy,
+    skipped_reason,
     space_of,
 )
 from autoprune.policy_search.warmstart import warm_start
@@ -123,6 +125,15 @@ def search_model(
         if anchor is not None and ANCHOR_ATTR not in study.user_attrs:
             study.set_user_attr(ANCHOR_ATTR, anchor)
         space = space_of(config, anchor)
+        if config.compute:  # what the search's share of --compute pays for, before any of it is spent
+            planned = search_compute(config, the_plan, train_images=len(train), bn_images=len(bn), val_images=len(val))
+            study.set_user_attr(studies.SEARCH_COMPUTE_ATTR, planned.to_dict())
+            if not planned.runs and not study.trials:
+                if progress:
+                    print(f"search: not run: {skipped_reason(planned.to_dict(), config.compute)}; the baseline gets all of "
+                          "the compute as recovery", file=sys.stderr)
+                dashboard.publish(study)
+                return study, {"complete": 0, "early_stopped": 0, "infeasible": 0, "failed": 0, "failures": {}}
         if not resumed:
             warm_start(study, pruner, space, the_plan.budget, config, bn, val, progress=progress, runtime=rt)
         objective = Objective(

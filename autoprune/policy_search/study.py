@@ -26,6 +26,8 @@ class TrialFailed(RuntimeError):
 ATTR = "autoprune"
 #: the study attribute holding ``--compute``'s final round (ship/final.py writes it)
 FINAL_ATTR = "final"
+#: the study attribute holding what the search's share of ``--compute`` pays for (plan.SearchCompute)
+SEARCH_COMPUTE_ATTR = "search_compute"
 #: Config fields that define what a study compares; resuming with other values is refused.
 IDENTITY = ("model", "dataset", "checkpoint", "val_size", "split_seed", "budget_flops", "budget_params",
             "params_objective", "space", "methods", "keep_min", "keep_step", "round_to",
