@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None, help="one dense checkpoint for every seed (default: each seed's "
                    "own dense model, trained and cached with that seed)")
     p.add_argument("--keep-min", type=float, default=None, help="passed to the search (as its advice says)")
+    p.add_argument("--prune-stem", action="store_true", help="every contender may prune the stem (ResNet-20 at 0.1 "
+                   "needs it, as the search's advice says)")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--split", default=None, help="SEARCH,FINAL: shares of E for autoprune's search and final round "
@@ -161,6 +163,8 @@ def config_for(model: str, budget: str, e: float, seed: int, args: argparse.Name
               "storage": f"sqlite:///{tmp}/s.db", "threads": args.threads, **extra}
     if args.keep_min is not None:
         values["keep_min"] = args.keep_min
+    if args.prune_stem:
+        values["prune_stem"] = True
     if args.checkpoint is not None:
         values["checkpoint"] = args.checkpoint
     return SearchConfig.from_dict(values)
@@ -197,7 +201,7 @@ def run(name: str, model: str, budget: str, e: float, seed: int, args: argparse.
             return {"accuracy": 100 * report["pruned"]["test_accuracy"], "pick": final["pick"],
                     "final_round": [{k: r[k] for k in ("name", "val_accuracy", "steps", "flops", "search_score")}
                                     for r in final["candidates"]],
-                    "trials": len(study.trials),
+                    "trials": len(study.trials), "search_ran": study.user_attrs["search_compute"]["runs"],
                     "search_compute": c["search"]["dense_epochs"]["total"], "recovery_compute": c["apply"]["dense_epochs"],
                     "flops": report["pruned"]["flops"], "params": report["pruned"]["params"],
                     "latency_ms": report["pruned"]["latency_ms"]}
