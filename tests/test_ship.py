@@ -204,3 +204,7 @@ def test_a_compute_too_small_to_search_ships_uniform_with_all_of_it(tmp_path):
     # all of E recovers it: the steps the whole budget pays for, less its test score
     assert report["finetune_steps"] == final["recovery_steps"] > 0
     assert 0.95 * 5 <= report["compute"]["apply"]["dense_epochs"] <= 5
+    r = run_in_process("front", "--study", "tiny", cwd=tmp_path)  # no front, but what shipped and why
+    assert r.returncode == 0 and "search was not run" in r.stdout and "picked uniform L1" in r.stdout, r.stdout
+    r = run_in_process("front", "--study", "tiny", "--format", "csv", cwd=tmp_path)
+    assert r.returncode == 2 and "no front (the table format shows what shipped)" in r.stderr, r.stderr

@@ -17,15 +17,22 @@ def run(args: argparse.Namespace) -> int:
     check_out(args.out, "front.csv/json/png")
     study = studies.load(storage, name)
     rows = report.front_rows(study)
+    final = study.user_attrs.get(studies.FINAL_ATTR)
+    if not rows and final is not None and args.format == "table":  # --compute too small to search: what shipped
+        print(f"study {study.study_name!r} has no trial: its search was not run\n\n" + report.format_final(final))
+        print("\n" + report.format_compute(study))
+        return 0
     if not rows:
-        raise UserError(f"study {study.study_name!r} has no completed trial yet")
+        raise UserError(f"study {study.study_name!r} has no completed trial yet"
+                        + ("; its search was not run, so it has no front (the table format shows what shipped)"
+                           if final is not None else ""))
     paths = report.write_front(study, out_dir(args, study.study_name))
     if args.format == "table":
         print(report.format_table(rows, dense=studies.info(study)["dense"]))
         if report.references_of(study):
             print("\n" + report.format_references(study))
-        if studies.FINAL_ATTR in study.user_attrs:  # a search with --compute: its final round and pick
-            print("\n" + report.format_final(study.user_attrs[studies.FINAL_ATTR]))
+        if final is not None:  # a search with --compute: its final round and pick
+            print("\n" + report.format_final(final))
         print("\n" + report.format_compute(study))
     elif args.format == "csv":
         sys.stdout.write(paths["csv"].read_text())

@@ -128,7 +128,7 @@ def final_round(study: optuna.Study, *, progress: bool = True) -> dict[str, Any]
         c, flops, params, _, resolved = planned[0]
         rows = [{"name": c["name"], "trial": c["trial"], "val_accuracy": None, "flops": flops, "params": params,
                  "steps": 0, "compute_flops": 0, "search_score": c.get("score"), "policy": resolved.to_dict()}]
-        pick, reason = rows[0], f"{skip}; {c['name']} ships, recovered with the rest of the compute"
+        pick, reason = rows[0], f"{skip}; {c['name']} ships"
         if progress:
             print(f"final round: {reason}", file=sys.stderr)
     else:
