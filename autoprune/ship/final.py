@@ -121,7 +121,9 @@ def final_round(study: optuna.Study, *, progress: bool = True) -> dict[str, Any]
         skip = f"the search was not run: {skipped_reason(searched, config.compute)}"
     elif not any(steps for *_, steps, _ in planned):
         # the share pays for BatchNorm recalibration and scoring, not one fine-tune step: such scores
-        # rank near chance (mobilenet_v2 at E = 0.5, docs/benchmarks.md)
+        # rank near chance (mobilenet_v2 at E = 0.5, docs/benchmarks.md). After a search of 10 trials
+        # this cannot happen with the default recipe (each candidate's share is 1.7 trials' worth);
+        # it guards recipes whose search-val or BatchNorm passes cost more than their trials do
         skip = (f"the round's share of --compute {config.compute:g} pays for no fine-tune step at these FLOPs, too "
                 f"little to rank the finalists, so it was not run (a larger --compute lets the round compare)")
     if skip is not None:  # the first finalist ships (uniform L1 where it meets the budget), with the round's share too
