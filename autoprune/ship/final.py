@@ -5,8 +5,8 @@ takes the finalists: uniform L1 at the budget, Torch-Pruning's global magnitude 
 and the best searched policy (``FINALISTS``). Each is pruned from the dense model, recovered
 briefly (an equal share of the round's compute) and scored on search-val. A searched policy is
 picked only if it beats both baselines there by ``MARGIN``; otherwise the better baseline is.
-A round whose share pays for no fine-tune step is not run, nor one after a search too small to
-run (policy_search/plan.py, ``MIN_SEARCH_TRIALS``): uniform L1 ships. What is left of E
+Where the search's share pays for too few trials (policy_search/plan.py, ``MIN_SEARCH_TRIALS``),
+neither the search nor the round is run: uniform L1 ships. What is left of E
 recovers the pick (``apply``'s recipe), which is then tested and exported. The round, the pick,
 why, and every candidate's compute are stored in the study (``final``), so that ``front`` and
 ``apply --best`` read them back."""
@@ -114,25 +114,18 @@ def final_round(study: optuna.Study, *, progress: bool = True) -> dict[str, Any]
         # the search-val score comes out of the share
         planned.append((c, flops, params, steps_within(share, flops, config, len(task.val)), resolved))
     searched = study.user_attrs.get(studies.SEARCH_COMPUTE_ATTR)
-    skip = None
     if searched is not None and not searched["runs"] and not studies.completed(study):
-        # the search's share paid for too few trials for it to run (policy_search/plan.py), so the
-        # round has no searched policy to weigh against the baselines
-        skip = f"the search was not run: {skipped_reason(searched, config.compute)}"
-    elif not any(steps for *_, steps, _ in planned):
-        # the share pays for BatchNorm recalibration and scoring, not one fine-tune step: such scores
-        # rank near chance (mobilenet_v2 at E = 0.5, docs/benchmarks.md). After a search of 10 trials
-        # this cannot happen with the default recipe (each candidate's share is 1.7 trials' worth);
-        # it guards recipes whose search-val or BatchNorm passes cost more than their trials do
-        skip = (f"the round's share of --compute {config.compute:g} pays for no fine-tune step at these FLOPs, too "
-                f"little to rank the finalists, so it was not run (a larger --compute lets the round compare)")
-    if skip is not None:  # the first finalist ships (uniform L1 where it meets the budget), with the round's share too
+        # the search's share paid for too few trials for it to run (policy_search/plan.py), so the round
+        # has no searched policy to weigh: the first finalist (uniform L1 where it meets the budget) ships
+        # with all of E. (After a search of 10 trials or more, each finalist's share pays for 1.7 trials,
+        # so the round's fine-tunes always get steps.)
         c, flops, params, _, resolved = planned[0]
-        rows = [{"name": c["name"], "trial": c["trial"], "val_accuracy": None, "flops": flops, "params": params,
-                 "steps": 0, "compute_flops": 0, "search_score": c.get("score"), "policy": resolved.to_dict()}]
-        pick, reason = rows[0], f"{skip}; {c['name']} ships"
+        rows = [{"name": c["name"], "trial": None, "val_accuracy": None, "flops": flops, "params": params,
+                 "steps": 0, "compute_flops": 0, "search_score": None, "policy": resolved.to_dict()}]
+        pick = rows[0]
+        reason = f"the search was not run: {skipped_reason(searched, config.compute)}; {c['name']} ships"
         if progress:
-            print(f"final round: {reason}", file=sys.stderr)
+            print(f"final round: not run, {reason}", file=sys.stderr)
     else:
         rows = [_recovered_briefly(c, flops, params, steps, pruner, task, config, rt, progress)
                 for c, flops, params, steps, _ in planned]
