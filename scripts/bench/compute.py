@@ -117,15 +117,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{args.model} {budget} E={e:g} seed {seed} {name}: test {row['accuracy']:.2f}% "
                           f"search {row['search_compute']:.3f} + recovery {row['recovery_compute']:.3f} dense epochs"
                           f"{' (' + row['pick'] + ')' if row.get('pick') else ''} [{row['seconds']} s]", flush=True)
-            for name, rows in runs.items():
-                cell["contenders"][name] = summary(rows)
-                if name == "autoprune":  # what it ran with (a merged cell may hold baselines from another run)
-                    cell["contenders"][name]["split"] = dict(COMPUTE_SPLIT)
-                    cell["contenders"][name]["finalists"] = final_module.FINALISTS
-            cell["seconds"] = round(time.perf_counter() - t0, 1)
+                    for n, rows in runs.items():  # written after every run: a stopped bench keeps what it measured
+                        cell["contenders"][n] = summary(rows)
+                        if n == "autoprune":  # what it ran with (a merged cell may hold baselines from another run)
+                            cell["contenders"][n]["split"] = dict(COMPUTE_SPLIT)
+                            cell["contenders"][n]["finalists"] = final_module.FINALISTS
+                    cell["seconds"] = round(time.perf_counter() - t0, 1)
+                    Path(args.out).write_text(json.dumps({"cells": [*cells, cell], "units": UNITS}, indent=1))
             cells.append(cell)
             print(table(cell), flush=True)
-            Path(args.out).write_text(json.dumps({"cells": cells, "units": UNITS}, indent=1))
     return 0
 
 
