@@ -61,7 +61,7 @@ class SearchCompute:
     """What the search's share of ``--compute`` buys, predicted before any trial (the trials'
     own ledgers then measure it): compute in dense epochs."""
 
-    budget: float  # the search's share of E
+    share: float  # the search's share of E
     per_trial: float  # one trial at the budget: BatchNorm recalibration, layer refit, fine-tune, search-val
     once: float  # once per search: importance calibration, and the dense outputs the layer refits fit to
     trials: int  # how many trials the share pays for
@@ -72,7 +72,7 @@ class SearchCompute:
         return self.trials >= MIN_SEARCH_TRIALS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"search_dense_epochs": round(self.budget, 6), "per_trial_dense_epochs": round(self.per_trial, 6),
+        return {"search_dense_epochs": round(self.share, 6), "per_trial_dense_epochs": round(self.per_trial, 6),
                 "once_dense_epochs": round(self.once, 6), "trials": self.trials, "min_trials": MIN_SEARCH_TRIALS,
                 "least_compute": self.least_compute, "runs": self.runs}
 
@@ -105,7 +105,7 @@ def search_compute(config: SearchConfig, the_plan: Plan, *, train_images: int, b
     share = COMPUTE_SPLIT["search"] * float(config.compute or 0) * epoch
     trials = max(0, int((share - once) // per_trial)) if per_trial > 0 else 0
     least = (MIN_SEARCH_TRIALS * per_trial + once) / (COMPUTE_SPLIT["search"] * epoch)
-    return SearchCompute(budget=share / epoch, per_trial=per_trial / epoch, once=once / epoch, trials=trials,
+    return SearchCompute(share=share / epoch, per_trial=per_trial / epoch, once=once / epoch, trials=trials,
                          least_compute=math.ceil(least * 100) / 100)
 
 
