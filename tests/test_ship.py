@@ -168,7 +168,7 @@ def test_the_dashboard_note_shows_the_final_round(shipped):
 def test_the_search_spends_what_it_predicted(shipped):
     study = optuna.load_study(study_name="ship", storage=f"sqlite:///{shipped}/studies/ship.db")
     planned = study.user_attrs["search_compute"]
-    assert planned["runs"] and planned["trials"] >= MIN_SEARCH_TRIALS
+    assert planned["runs"] and planned["trials"] >= MIN_SEARCH_TRIALS and not planned["skipped"]
     measured = [t.user_attrs["compute"]["dense_epochs"] for t in study.trials if t.user_attrs.get("feasible")]
     # the first trials also pay the once-per-search passes (the refit's targets, importance calibration)
     assert sum(measured) == pytest.approx(len(measured) * planned["per_trial_dense_epochs"] + planned["once_dense_epochs"],
@@ -196,6 +196,7 @@ def test_a_compute_too_small_to_search_ships_uniform_with_all_of_it(tmp_path):
     assert "the search was not run" in r.stdout and "or more lets it search" in r.stdout, r.stdout
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
     assert not study.trials and not study.user_attrs["search_compute"]["runs"]
+    assert study.user_attrs["search_compute"]["skipped"]
     final = study.user_attrs["final"]
     assert final["pick"] == "uniform L1" and final["compute"]["final_flops"] == 0
     assert [c["val_accuracy"] for c in final["candidates"]] == [None]

@@ -127,8 +127,9 @@ def search_model(
         space = space_of(config, anchor)
         if config.compute:  # what the search's share of --compute pays for, before any of it is spent
             planned = search_compute(config, the_plan, train_images=len(train), bn_images=len(bn), val_images=len(val))
-            study.set_user_attr(studies.SEARCH_COMPUTE_ATTR, planned.to_dict())
-            if not planned.runs and not study.trials:
+            skipped = not planned.runs and not study.trials
+            study.set_user_attr(studies.SEARCH_COMPUTE_ATTR, {**planned.to_dict(), "skipped": skipped})
+            if skipped:
                 if progress:
                     print(f"search: not run: {skipped_reason(planned.to_dict(), config.compute)}; the baseline gets all of "
                           "the compute as recovery", file=sys.stderr)

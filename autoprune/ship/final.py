@@ -104,7 +104,10 @@ def final_round(study: optuna.Study, *, progress: bool = True) -> dict[str, Any]
     rt = runtime_of(config, task)
     epoch = info["dense"]["epoch_flops"]
     total = config.compute * epoch
+    searched = study.user_attrs.get(studies.SEARCH_COMPUTE_ATTR) or {}
     candidates = finalists(study, pruner, info, config)
+    if searched.get("skipped"):  # no searched policy to weigh: only the first finalist is pruned and counted
+        candidates = candidates[:1]
     share = COMPUTE_SPLIT["final"] * total / len(candidates)
     planned = []
     for c in candidates:
@@ -113,8 +116,7 @@ def final_round(study: optuna.Study, *, progress: bool = True) -> dict[str, Any]
         del model
         # the search-val score comes out of the share
         planned.append((c, flops, params, steps_within(share, flops, config, len(task.val)), resolved))
-    searched = study.user_attrs.get(studies.SEARCH_COMPUTE_ATTR)
-    if searched is not None and not searched["runs"] and not studies.completed(study):
+    if searched.get("skipped"):
         # the search's share paid for too few trials for it to run (policy_search/plan.py), so the round
         # has no searched policy to weigh: the first finalist (uniform L1 where it meets the budget) ships
         # with all of E. (After a search of 10 trials or more, each finalist's share pays for 1.7 trials,
