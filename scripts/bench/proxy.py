@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refit-steps", default="", help="comma-separated fine-tune steps after a refit (proxies)")
     p.add_argument("--known", default=None, help="a bench_quality.json whose b, d, e policies at --budget join")
     p.add_argument("--recovery", type=int, default=430)
+    p.add_argument("--compute", type=float, default=None, help="recover each policy with E dense epochs of compute "
+                   "instead (steps per policy from its FLOPs, as bench/compute.py gives its contenders)")
+    p.add_argument("--baselines", action="store_true", help="add uniform L1 and global magnitude at the budget, "
+                   "recovered and scored like the random policies (the ceiling's yardstick)")
+    p.add_argument("--val-heads", default="", help="comma-separated image counts: each proxy also scored on the "
+                   "first N search-val images (a cheaper score)")
+    p.add_argument("--dense-epochs", type=int, default=None, help="the dense checkpoint's epochs (bench/dense.py)")
     p.add_argument("--seeds", type=int, default=2, help="recovery seeds per policy (>= 2 to see the noise)")
     p.add_argument("--keep-min", type=float, default=0.125)
     p.add_argument("--seed", type=int, default=0)
@@ -73,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     # the benchmark's dense model and pruner (with its calibration images, for the known
     # policies' taylor / activation groups)
-    _, config, task, dense, _, pruner = load_bench_task(args.model, args.keep_min, threads=args.threads)
+    _, config, task, dense, _, pruner = load_bench_task(args.model, args.keep_min, threads=args.threads,
+                                                        dense_epochs=args.dense_epochs)
     example = pruner.example_input
     target = resolve_budget(args.budget, count_flops(dense, example))
     epoch = dense_epoch_flops(count_flops(dense, example), len(task.train))  # the unit of compute
@@ -88,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             policy = Policy({g.id: GroupChoice("l1", rng.choice(config.keep_levels)) for g in pruner.groups})
         if count_flops(pruner.apply(policy)[0], example) <= target:
             policies.append(policy)
-    known: list[tuple[str, Policy, list[float]]] = []
+    known: list[tuple[str, Policy, list[float] | None]] = []
+    if args.baselines:
+        from autoprune.core.budget import global_magnitude_policy
+
+        known += [("uniform", uniform_policy(pruner, target)[0], None),
+                  ("global", global_magnitude_policy(pruner, target), None)]
     if args.known:
         for r in json.loads(Path(args.known).read_text())[args.model][args.budget]["rows"]:
             tag = r["contender"][:2]
@@ -99,14 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     steps = [int(s) for s in args.steps.split(",")]
     refit_steps = [int(s) for s in args.refit_steps.split(",") if s]
     proxies = [(f"val_after_{s}", s, False) for s in steps] + [(f"val_refit_{s}", s, True) for s in refit_steps]
+    heads = [int(n) for n in args.val_heads.split(",") if n]
     cost = {name: 0.0 for name, _, _ in proxies}
     spent = {name: 0.0 for name, _, _ in proxies}  # dense epochs (autoprune.core.compute)
     targets = None
     if refit_steps:
         gen = torch.Generator().manual_seed(1)
         targets = dense_targets(dense, task.train.x[torch.randperm(len(task.train), generator=gen)[:1024]])
-    rows = []
-    todo = [("random", p, None) for p in policies] + known
+    rows: list[dict] = []
+    recovery = f"{args.compute:g} dense epochs" if args.compute is not None else f"{args.recovery} steps"
+    out = Path(args.out or ROOT / "results" / f"bench_proxy-{args.model}-{args.budget}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(summary: dict | None) -> None:  # after every policy: a stopped run keeps what it measured
+        out.write_text(json.dumps({"model": args.model, "budget": args.budget, "space": args.space,
+                                   "dense_epochs": args.dense_epochs, "recovery": recovery, "seeds": args.seeds,
+                                   "summary": summary, "rows": rows}, indent=1))
+
+    todo = known + [("random", p, None) for p in policies]  # the baselines first: checked against bench/compute.py
     for i, (source, policy, stored) in enumerate(todo):
         base, resolved = pruner.apply(policy)
         row = {"source": source, "channels": resolved.channels(), "flops": count_flops(base, example)}
@@ -119,13 +142,19 @@ def main(argv: list[str] | None = None) -> int:
                 recalibrate_bn(m, task.train, num_batches=20, seed=0)
                 finetune(m, task.train, steps=s, seed=0)
                 row[name] = evaluate(m, task.val)
+            for n in heads:  # not charged: the whole search-val pass above covers these images
+                row[f"{name}@{n}"] = evaluate(m, task.val.head(n))
             cost[name] += time.perf_counter() - t
             spent[name] += ledger.total / epoch
         accs = list(stored[: args.seeds]) if stored else []
         row["recovery_dense_epochs"] = []
         for seed in range(len(accs), args.seeds):
             ledger = Ledger()
-            accs.append(recover(base, task, seed, args.recovery, ledger))  # exactly as bench_quality recovers contenders
+            if args.compute is None:
+                accs.append(recover(base, task, seed, args.recovery, ledger))  # as bench_quality recovers contenders
+            else:  # as bench/compute.py recovers its contenders
+                accs.append(recover_within(pruner, policy, row["flops"], task, config, seed, args.compute * epoch,
+                                           ledger))
             row["recovery_dense_epochs"].append(ledger.total / epoch)
         row["test_recovered"] = accs
         row["test_recovered_mean"] = statistics.mean(accs)
@@ -133,34 +162,65 @@ def main(argv: list[str] | None = None) -> int:
         print(f"policy {i + 1}/{len(todo)} ({source}) {row['channels']} {row['flops']:,} FLOPs: "
               + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val"))
               + ", test recovered " + " ".join(f"{a:.4f}" for a in accs), file=sys.stderr, flush=True)
-    final = [r["test_recovered_mean"] for r in rows]
+        write(None)
+    random_rows = [r for r in rows if r["source"] == "random"]
+    final = [r["test_recovered_mean"] for r in random_rows]
     print(f"\n{args.model}, budget {args.budget} ({target:,} FLOPs), {len(policies)} random '{args.space}' policies; "
-          f"recovery {args.recovery} steps x {args.seeds} seeds; {args.threads} thread(s)"
-          + (f", plus the benchmark's {', '.join(k[0] for k in known)}" if known else "") + "\n")
-    print("| proxy (search-val) | Spearman rho vs recovered test acc | seconds per policy | dense epochs per policy |")
+          f"recovery {recovery} x {args.seeds} seeds; {args.threads} thread(s)"
+          + (f", plus {', '.join(k[0] for k in known)}" if known else "") + "\n")
+    print("| proxy (search-val images) | Spearman rho vs recovered test acc, random policies | seconds per policy "
+          "| dense epochs per policy |")
     print("|---|---|---|---|")
     summary: dict[str, object] = {}
+    n_val = len(task.val)
     for name, s, refit in proxies:
-        rho = spearmanr([r[name] for r in rows], final).statistic
         key = f"refit+{s}" if refit else str(s)
-        summary[key] = {"rho": rho, "seconds": cost[name] / len(rows), "dense_epochs": spent[name] / len(rows)}
         label = "BN recalibration only" if s == 0 else f"{s} fine-tune steps"
         if refit:
             label = "refit + " + label
-        print(f"| {label} | {rho:.3f} | {cost[name] / len(rows):.1f} | {spent[name] / len(rows):.4f} |")
+        for n in [n_val, *heads]:
+            field = name if n == n_val else f"{name}@{n}"
+            rho = spearmanr([r[field] for r in random_rows], final).statistic
+            # a smaller head saves its forward passes (1 x the policy's FLOPs per image), nothing else
+            saved = (n_val - n) * statistics.mean(r["flops"] for r in rows) / epoch
+            summary[key if n == n_val else f"{key}@{n}"] = {"rho": rho, "val_images": n, "seconds": cost[name] / len(rows),
+                                                         "dense_epochs": spent[name] / len(rows) - saved}
+            print(f"| {label} ({n:,}) | {rho:.3f} | {cost[name] / len(rows):.1f} | "
+                  f"{spent[name] / len(rows) - saved:.4f} |")
     between = statistics.stdev(final)
-    within = statistics.mean(statistics.stdev(r["test_recovered"]) for r in rows) if args.seeds > 1 else float("nan")
+    within = (statistics.mean(statistics.stdev(r["test_recovered"]) for r in random_rows) if args.seeds > 1
+              else float("nan"))
     summary["spread"] = {"between_policies_std": between, "within_policy_seed_std": within,
                          "best": max(final), "worst": min(final), "median": statistics.median(final)}
-    print(f"\nrecovered test accuracy over policies: best {100 * max(final):.2f}, median "
+    print(f"\nrecovered test accuracy over random policies: best {100 * max(final):.2f}, median "
           f"{100 * statistics.median(final):.2f}, worst {100 * min(final):.2f}; std between policies "
           f"{100 * between:.2f} pt, seed std within a policy {100 * within:.2f} pt")
-    out = Path(args.out or ROOT / "results" / f"bench_proxy-{args.model}-{args.budget}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "budget": args.budget, "space": args.space,
-                               "recovery": args.recovery, "seeds": args.seeds, "summary": summary, "rows": rows},
-                              indent=1))
+    for r in rows:
+        if r["source"] != "random":
+            summary[r["source"]] = {"test_recovered_mean": r["test_recovered_mean"],
+                                    "random_above": sum(f > r["test_recovered_mean"] for f in final)}
+            print(f"{r['source']}: {100 * r['test_recovered_mean']:.2f}; random policies above it: "
+                  f"{summary[r['source']]['random_above']} of {len(final)}")
+    write(summary)
     return 0
+
+
+def recover_within(pruner, policy, flops: int, task, config, seed: int, compute: float, ledger) -> float:
+    """Test accuracy of ``policy`` recovered with ``compute`` FLOPs, exactly as bench/compute.py
+    recovers uniform L1 and global magnitude (ship/replay.py's recovery, the search's recipe)."""
+    import dataclasses
+
+    from autoprune.core.loops import evaluate
+    from autoprune.ship.final import steps_within
+    from autoprune.ship.replay import recover as replay_recover
+
+    config = dataclasses.replace(config, seed=seed)
+    try:
+        m, _ = replay_recover(pruner, policy, task, config, steps=steps_within(compute, flops, config, len(task.test)),
+                              ledger=ledger)
+        return evaluate(m, task.test)
+    finally:
+        ledger.close()
 
 
 if __name__ == "__main__":
