@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = known + [("random", p, None) for p in policies]  # the baselines first: checked against bench/compute.py
     for i, (source, policy, stored) in enumerate(todo):
         base, resolved = pruner.apply(policy)
-        row = {"source": source, "channels": resolved.channels(), "flops": count_flops(base, example)}
+        row = {"source": source, "channels": resolved.channels(), "flops": count_flops(base, example),
+               "policy": resolved.to_dict()}  # to recover it again (more seeds, longer)
         for name, s, refit in proxies:
             t = time.perf_counter()
             m = copy.deepcopy(base)
