@@ -78,6 +78,18 @@ def recover(model, task, seed: int, steps: int, ledger=None) -> float:
             ledger.close()
 
 
+def recover_within(pruner, policy, flops: int, task, config, compute: float, ledger):
+    """``policy`` pruned and recovered with ``compute`` FLOPs (ship/replay.py's recovery with
+    ``config``'s recipe and seed; the steps that the compute pays for at the policy's ``flops``,
+    after BN recalibration and the test pass): what bench/compute.py gives uniform L1, global
+    magnitude and random search's pick. Returns (model, steps); ``ledger`` is charged."""
+    from autoprune.ship.final import steps_within
+    from autoprune.ship.replay import recover as replay_recover
+
+    steps = steps_within(compute, flops, config, len(task.test))
+    return replay_recover(pruner, policy, task, config, steps=steps, ledger=ledger)[0], steps
+
+
 def sensitivity_policy(pruner, task, config, target: int, keep_min: float):
     """What ``--warm-start sensitivity`` enqueues, without a search: the per-group sensitivity
     analysis (cached), the greedy policy that meets the budget by pruning the least sensitive

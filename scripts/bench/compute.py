@@ -188,9 +188,9 @@ def run(name: str, model: str, budget: str, e: float, seed: int, args: argparse.
     from autoprune.policy_search import study as studies
     from autoprune.policy_search.run import run_search
     from autoprune.ship.final import ship, steps_within
-    from autoprune.ship.replay import recover
     from autoprune.task.baseline import get_dense
     from autoprune.task.setup import calibration_of, load_config_task, pruner_of
+    from scripts.bench.common import recover_within
 
     with tempfile.TemporaryDirectory() as tmp:
         if name == "autoprune":
@@ -244,10 +244,9 @@ def run(name: str, model: str, budget: str, e: float, seed: int, args: argparse.
         elif name == "global":
             policy = global_magnitude_policy(pruner, target)
         flops = count_flops(pruner.apply(policy)[0], example)
-        steps = steps_within((e - spent) * epoch, flops, config, len(task.test))
         ledger = Ledger()
         try:
-            m, _ = recover(pruner, policy, task, config, steps=steps, ledger=ledger)
+            m, steps = recover_within(pruner, policy, flops, task, config, (e - spent) * epoch, ledger)
             acc = evaluate(m, task.test)
         finally:
             ledger.close()

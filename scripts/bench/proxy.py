@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import random
 import statistics
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from scripts.bench.common import (
         load_bench_task,
         recover,
+        recover_within,
         uniform_policy,
     )
 
@@ -154,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.compute is None:
                 accs.append(recover(base, task, seed, args.recovery, ledger))  # as bench_quality recovers contenders
             else:  # as bench/compute.py recovers its contenders
-                accs.append(recover_within(pruner, policy, row["flops"], task, config, seed, args.compute * epoch,
-                                           ledger))
+                try:
+                    m, _ = recover_within(pruner, policy, row["flops"], task, dataclasses.replace(config, seed=seed),
+                                          args.compute * epoch, ledger)
+                    accs.append(evaluate(m, task.test))
+                finally:
+                    ledger.close()
             row["recovery_dense_epochs"].append(ledger.total / epoch)
         row["test_recovered"] = accs
         row["test_recovered_mean"] = statistics.mean(accs)
@@ -204,24 +210,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{summary[r['source']]['random_above']} of {len(final)}")
     write(summary)
     return 0
-
-
-def recover_within(pruner, policy, flops: int, task, config, seed: int, compute: float, ledger) -> float:
-    """Test accuracy of ``policy`` recovered with ``compute`` FLOPs, exactly as bench/compute.py
-    recovers uniform L1 and global magnitude (ship/replay.py's recovery, the search's recipe)."""
-    import dataclasses
-
-    from autoprune.core.loops import evaluate
-    from autoprune.ship.final import steps_within
-    from autoprune.ship.replay import recover as replay_recover
-
-    config = dataclasses.replace(config, seed=seed)
-    try:
-        m, _ = replay_recover(pruner, policy, task, config, steps=steps_within(compute, flops, config, len(task.test)),
-                              ledger=ledger)
-        return evaluate(m, task.test)
-    finally:
-        ledger.close()
 
 
 if __name__ == "__main__":
