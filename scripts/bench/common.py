@@ -36,10 +36,11 @@ def global_model(dense, example, ignored: list[str], target: int):
 
 
 def load_bench_task(task_name: str, keep_min: float, space: str = "fill", threads: int = 1, prune_stem: bool = False,
-                    dense_epochs: int | None = None):
+                    dense_epochs: int | None = None, checkpoint: str | None = None):
     """(search settings, budget-free config, task, dense model, ignored layers, pruner): what
     every contender of a task starts from. ``dense_epochs``: the dense baseline's epochs (cached
-    per value; default the config's, 3)."""
+    per value; default the config's, 3); ``checkpoint``: a dense checkpoint file instead (as
+    ``bench/compute.py --checkpoint``)."""
     from autoprune.task.baseline import get_dense
     from autoprune.task.config import SearchConfig
     from autoprune.task.setup import calibration_of, load_config_task, pruner_of
@@ -49,6 +50,8 @@ def load_bench_task(task_name: str, keep_min: float, space: str = "fill", thread
             "threads": threads, "prune_stem": prune_stem}
     if dense_epochs is not None:
         base["dense_epochs"] = dense_epochs
+    if checkpoint is not None:
+        base["checkpoint"] = checkpoint
     config = SearchConfig.from_dict({**base, "budget_flops": "1"})  # budget-free: task and dense only
     task = load_config_task(config)
     example = task.example_input()
