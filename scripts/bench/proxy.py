@@ -158,13 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or ROOT / "results" / f"bench_proxy-{args.model}-{args.budget}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    rank_by = args.rank_by or proxies[-1][0]
+
     def write(summary: dict | None) -> None:  # after every policy: a stopped run keeps what it measured
         out.write_text(json.dumps({"model": args.model, "budget": args.budget, "space": args.space,
                                    "dense_epochs": args.dense_epochs, "checkpoint": args.checkpoint,
                                    "prune_stem": args.prune_stem, "recovery": recovery, "seeds": args.seeds,
                                    "first_seed": args.first_seed,
                                    "from": args.from_file, "recover_top": args.recover_top,
-                                   "rank_by": args.rank_by or proxies[-1][0],
+                                   "rank_by": rank_by,
                                    "summary": summary, "rows": rows}, indent=1))
 
     todo = known + [("random", p, None) for p in policies]  # the baselines first: checked against bench/compute.py
@@ -192,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
             spent[name] += ledger.total / epoch
         rows.append(row)
         models.append((base, policy, stored))
-    rank_by = args.rank_by or proxies[-1][0]
 
     def rank_key(row: dict) -> float:
         if rank_by in row:
@@ -203,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     recovered = [r for r in rows if r["source"] == "random"]
     if args.recover_top is not None:
         recovered = sorted(recovered, key=rank_key, reverse=True)[: args.recover_top]
+    chosen = {id(r) for r in recovered}
     for i, (row, (base, policy, stored)) in enumerate(zip(rows, models)):
-        if row["source"] == "random" and not any(row is r for r in recovered):
+        if row["source"] == "random" and id(row) not in chosen:
             row["test_recovered"] = None
             continue
         ranked_as = rank_key(row) if row["source"] == "random" else None  # before this run's fields join
