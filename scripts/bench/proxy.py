@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     rank_by = args.rank_by or proxies[-1][0]
+    rankable = {f"{n}@{h}" if h else n for n, _, _ in proxies for h in [None, *heads]} | {k for r in earlier for k in r}
+    if args.recover_top is not None and rank_by not in rankable:  # a typo would rank every policy alike
+        p.error(f"--rank-by {rank_by!r}: choose one of {', '.join(sorted(rankable))}")
 
     def write(summary: dict | None) -> None:  # after every policy: a stopped run keeps what it measured
         out.write_text(json.dumps({"model": args.model, "budget": args.budget, "space": args.space,
