@@ -222,7 +222,9 @@ def test_ctrl_c_in_a_real_process_prints_one_line(work):
         db = work / "studies" / "ctrl.db"
         if db.exists():
             try:
-                if any(t.state.name == "RUNNING" for t in optuna.load_study(study_name="ctrl", storage=f"sqlite:///{db}").trials):
+                # skip_table_creation: creating the tables here would race the search creating them
+                storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True)
+                if any(t.state.name == "RUNNING" for t in optuna.load_study(study_name="ctrl", storage=storage).trials):
                     break
             except (KeyError, optuna.exceptions.OptunaError, Exception):  # noqa: BLE001 - not created yet
                 pass
