@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 #: Debian's PostgreSQL server binaries (scripts/setup.sh installs the package), newest version first
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), Path("/usr/lib/postgresql/none"))
@@ -40,9 +41,13 @@ class PostgresServer:
         self.port = free_port()
         self.options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {sock}"
         self.start()
+        self.url = self.database("ap")
+
+    def database(self, name: str) -> str:
+        """A new, empty database on this server: its SQLAlchemy URL."""
         subprocess.run([*self.as_pg, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                        "ap"], check=True, capture_output=True)
-        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/ap"
+                        name], check=True, capture_output=True)
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
 
     def start(self) -> None:
         subprocess.run([*self.as_pg, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.base / "log"),
@@ -61,3 +66,16 @@ class PostgresServer:
     def close(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def open_at_once(url: str, barrier: Any, results: Any) -> None:
+    """One of several processes that open the storage at ``url`` at the same instant (after
+    ``barrier``), as workers started together do; puts "ok" or the error line on ``results``."""
+    from autoprune.store.storage import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(url, heartbeat=60)
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - the line is what the test reads
+        results.put(f"{type(exc).__name__}: {exc}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import sys
 import threading
 import time
@@ -241,20 +242,38 @@ def open_storage(url: str, *, heartbeat: int = DEFAULT_HEARTBEAT, outage_s: floa
             path.parent.mkdir(parents=True, exist_ok=True)
     else:
         _check_holds_studies(url)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = ResilientStorage(
-                url, engine_kwargs=_engine_kwargs(url), skip_table_creation=not create,
-                heartbeat_interval=heartbeat, grace_period=GRACE_BEATS * heartbeat,
-                heartbeat_stale_trial_callback=retry_trial,
-            )
-    except (UserError, StorageUnavailable):
-        raise
-    except Exception as exc:  # sqlalchemy ArgumentError / OperationalError / DatabaseError, ModuleNotFoundError
-        raise _cannot_open(url, exc) from None
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = ResilientStorage(
+                    url, engine_kwargs=_engine_kwargs(url), skip_table_creation=not create,
+                    heartbeat_interval=heartbeat, grace_period=GRACE_BEATS * heartbeat,
+                    heartbeat_stale_trial_callback=retry_trial,
+                )
+            break
+        except (UserError, StorageUnavailable):
+            raise
+        except Exception as exc:  # sqlalchemy ArgumentError / OperationalError / DatabaseError, ModuleNotFoundError
+            if create and attempt + 1 < CREATE_ATTEMPTS and _lost_creation_race(exc):
+                time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # the winner finishes; then all exists
+                continue
+            raise _cannot_open(url, exc) from None
     storage.outage_s = outage_s
     return storage
+
+
+CREATE_ATTEMPTS = 5
+
+
+def _lost_creation_race(exc: BaseException) -> bool:
+    """Whether opening a fresh database failed because another process (a second worker started
+    at the same instant) created Optuna's tables, version row or Alembic stamp between this one's
+    check and its write. Optuna checks then creates, so the loser's CREATE TABLE or INSERT fails;
+    opening again finds everything in place."""
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):  # version_info / alembic_version row, pg_type name
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and "already exists" in str(exc)
 
 
 def _check_holds_studies(url: str) -> None:
