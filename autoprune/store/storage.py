@@ -27,6 +27,8 @@ GRACE_BEATS = 3
 #: how long a worker waits for an unreachable database before it gives up (a server restart
 #: takes seconds to a minute)
 DEFAULT_OUTAGE_S = 120.0
+#: opening a fresh database is tried this often when another process wins the race to create it
+CREATE_ATTEMPTS = 5
 #: a stale or interrupted trial is retried at most this many times
 MAX_RETRY = 2
 
@@ -234,7 +236,8 @@ def open_storage(url: str, *, heartbeat: int = DEFAULT_HEARTBEAT, outage_s: floa
     missing, heartbeats fail a stopped worker's trial after ``GRACE_BEATS`` x ``heartbeat``
     seconds and a retry of it is queued. With ``create=False`` (read-only commands) a
     database without Optuna's tables is refused before anything is written to it. A bad URL
-    is a one-line :class:`UserError`."""
+    is a one-line :class:`UserError`. Processes that open a fresh database together all get it:
+    one that loses the race to create the tables opens it again (``_lost_creation_race``)."""
     path = sqlite_path(url)
     if create:
         check_writable(url)
@@ -261,9 +264,6 @@ def open_storage(url: str, *, heartbeat: int = DEFAULT_HEARTBEAT, outage_s: floa
             raise _cannot_open(url, exc) from None
     storage.outage_s = outage_s
     return storage
-
-
-CREATE_ATTEMPTS = 5
 
 
 def _lost_creation_race(exc: BaseException) -> bool:
